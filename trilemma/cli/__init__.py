@@ -1,0 +1,1 @@
+"""The ``trilemma`` command line. Entry point: :func:`trilemma.cli.main.main`."""

@@ -1,0 +1,56 @@
+"""``trilemma``: the command line.
+
+Each command lives in its own module with a ``register(subparsers)`` function;
+this file only assembles them and turns :class:`~trilemma.errors.TrilemmaError`
+into a one-line message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+
+from trilemma.cli.common import Parser
+from trilemma.errors import TrilemmaError
+
+# One module per top-level command, in the order --help lists them.
+COMMAND_MODULES = (
+    "trilemma.cli.train",
+    "trilemma.cli.sample",
+    "trilemma.cli.show",
+)
+
+
+def build_parser() -> Parser:
+    from trilemma import __version__
+
+    parser = Parser(prog="trilemma", description="Train, sample and compare generative image models "
+                    "on quality, coverage and speed.")
+    parser.add_argument("--version", action="version", version=f"trilemma {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"trilemma: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TrilemmaError as e:
+        print(f"trilemma: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trilemma: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

