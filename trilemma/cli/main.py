@@ -16,6 +16,7 @@ from trilemma.errors import TrilemmaError
 
 # One module per top-level command, in the order --help lists them.
 COMMAND_MODULES = (
+    "trilemma.cli.demo",
     "trilemma.cli.train",
     "trilemma.cli.sample",
     "trilemma.cli.show",

@@ -36,6 +36,23 @@ def _trajectory(x_T: torch.Tensor) -> dict[str, list]:
 
 
 @torch.no_grad()
+def ddpm_step(denoiser: Denoiser, x_t: torch.Tensor, t: int, schedule: NoiseSchedule, *,
+              variance: Variance = "beta_tilde", cond: dict[str, Any] | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 2: x_t -> (x_{t−1}, x̂₀).
+
+    x_{t−1} = 1/√α_t · (x_t − β_t/√(1 − ᾱ_t) · ε̂) + σ_t z,  z ~ N(0, I) if t > 1 else 0.
+    """
+    eps_hat, x0_hat = denoiser(x_t, int(schedule.model_t[t]), float(schedule.alpha_bar[t]), cond)
+    coef = schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t]             # β_t / √(1 − ᾱ_t)
+    mean = (x_t - coef * eps_hat) / math.sqrt(schedule.alphas[t])                # μ_θ(x_t, t)
+    if t == 1:
+        return mean, x0_hat
+    sigma2 = schedule.betas[t] if variance == "beta" else schedule.posterior_var[t]
+    return mean + math.sqrt(sigma2) * _noise_like(x_t, generator), x0_hat
+
+
+@torch.no_grad()
 def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, *,
                 variance: Variance = "beta_tilde", cond: dict[str, Any] | None = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
@@ -51,17 +68,10 @@ def ddpm_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, 
     """
     if variance not in ("beta", "beta_tilde"):
         raise TrilemmaError(f"--variance: expected 'beta' or 'beta_tilde', got {variance!r}")
-    sigma2 = schedule.betas if variance == "beta" else schedule.posterior_var
     traj = _trajectory(x_T) if return_trajectory else None
     x_t = x_T
     for i, t in enumerate(range(schedule.T, 0, -1)):
-        eps_hat, x0_hat = denoiser(x_t, int(schedule.model_t[t]), float(schedule.alpha_bar[t]), cond)
-        coef = schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t]
-        mean = (x_t - coef * eps_hat) / math.sqrt(schedule.alphas[t])            # μ_θ(x_t, t)
-        if t > 1:
-            x_t = mean + math.sqrt(sigma2[t]) * _noise_like(x_t, generator)
-        else:
-            x_t = mean
+        x_t, x0_hat = ddpm_step(denoiser, x_t, t, schedule, variance=variance, cond=cond, generator=generator)
         if traj is not None:
             traj["t"].append(t)
             traj["x_t"].append(x_t.cpu())
@@ -95,6 +105,20 @@ def ddim_timesteps(T: int, S: int, spacing: Spacing = "leading") -> np.ndarray:
 
 
 @torch.no_grad()
+def ddim_step(denoiser: Denoiser, x_t: torch.Tensor, t: int, t_prev: int, schedule: NoiseSchedule, *,
+              eta: float = 0.0, cond: dict[str, Any] | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step x_t -> (x_{t_prev}, x̂₀) (Song et al. 2021, eq. 12); t_prev = 0 means ᾱ = 1."""
+    ab_t, ab_prev = float(schedule.alpha_bar[t]), float(schedule.alpha_bar[t_prev])
+    eps_hat, x0_hat = denoiser(x_t, int(schedule.model_t[t]), ab_t, cond)
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_prev)
+    x_prev = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps_hat
+    if sigma > 0:
+        x_prev = x_prev + sigma * _noise_like(x_t, generator)
+    return x_prev, x0_hat
+
+
+@torch.no_grad()
 def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int], *,
                 eta: float = 0.0, cond: dict[str, Any] | None = None, generator: torch.Generator | None = None,
                 callback: Callback | None = None, return_trajectory: bool = False):
@@ -116,12 +140,7 @@ def ddim_sample(denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, 
     x_t = x_T
     for i in range(len(taus) - 1, 0, -1):
         t, t_prev = taus[i], taus[i - 1]
-        ab_t, ab_prev = float(schedule.alpha_bar[t]), float(schedule.alpha_bar[t_prev])
-        eps_hat, x0_hat = denoiser(x_t, int(schedule.model_t[t]), ab_t, cond)
-        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_prev)
-        x_t = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps_hat
-        if sigma > 0:
-            x_t = x_t + sigma * _noise_like(x_t, generator)
+        x_t, x0_hat = ddim_step(denoiser, x_t, t, t_prev, schedule, eta=eta, cond=cond, generator=generator)
         if traj is not None:
             traj["t"].append(t)
             traj["x_t"].append(x_t.cpu())

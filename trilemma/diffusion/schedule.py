@@ -143,7 +143,7 @@ class NoiseSchedule:
         """A coefficient array as a float32 tensor on ``device`` (cached)."""
         key = (name, str(device))
         if key not in self._tensors:
-            self._tensors[key] = torch.as_tensor(getattr(self, name), dtype=torch.float32, device=device)
+            self._tensors[key] = torch.tensor(np.array(getattr(self, name)), dtype=torch.float32, device=device)
         return self._tensors[key]
 
     # ------------------------------------------------------- forward process

@@ -13,9 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count ≤ 32 that divides ``channels``."""
-    groups = math.gcd(channels, max_groups)
+def group_norm(channels: int, max_groups: int = 32, min_group_size: int = 4) -> nn.GroupNorm:
+    """GroupNorm with the most groups (≤ 32) that divide ``channels`` into groups of ≥ 4 channels.
+
+    Groups of one channel would normalise away any per-channel bias, including
+    the added time embedding, so narrow layers get fewer, larger groups.
+    """
+    groups = max([g for g in range(1, max_groups + 1)
+                  if channels % g == 0 and channels // g >= min(min_group_size, channels)])
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
@@ -38,13 +43,18 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → SiLU → conv → (+ projected embedding) → GroupNorm → SiLU → dropout → conv, plus skip."""
+    """GroupNorm → SiLU → conv → (+ embedding) → GroupNorm → SiLU → dropout → conv, plus skip.
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
+    The embedding enters additively (Ho et al. 2020) or, with ``scale_shift``, as
+    GroupNorm(h)·(1 + s) + b (Nichol & Dhariwal 2021, "scale-shift norm").
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = group_norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
         self.norm2 = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -52,8 +62,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))                                      # (B, C_out, H, W)
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]                       # time (and class) embedding
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]                           # time (and class) embedding
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

@@ -46,6 +46,7 @@ class UNetConfig:
     dropout: float = 0.1                      # dropout inside ResNet blocks
     num_classes: int = 0                      # > 0: class-conditional (plus a null class)
     context_dim: int = 0                      # > 0: cross-attention to a context of this width
+    scale_shift: bool = True                  # embedding as GroupNorm scale/shift (Nichol & Dhariwal 2021)
 
     def __post_init__(self):
         if self.image_size < 4:
@@ -74,7 +75,7 @@ def preset(name: str, image_size: int, in_channels: int, **overrides) -> UNetCon
               "small": dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attn_level=2,
                             num_heads=4, dropout=0.0),
               "base": dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attn_level=1,
-                           num_heads=1, dropout=0.1)}
+                           num_heads=1, dropout=0.1, scale_shift=False)}   # = DDPM's CIFAR-10 net
     if name not in levels:
         raise TrilemmaError(f"--preset: unknown preset {name!r} (choose from {', '.join(levels)})")
     spec = dict(levels[name])
@@ -114,7 +115,7 @@ class UNet(nn.Module):
         for level, (mult, res) in enumerate(zip(c.channel_mults, c.resolutions)):
             blocks = nn.ModuleList()
             for _ in range(c.num_res_blocks):
-                blocks.append(nn.ModuleList([ResBlock(width, ch * mult, emb_dim, c.dropout),
+                blocks.append(nn.ModuleList([ResBlock(width, ch * mult, emb_dim, c.dropout, c.scale_shift),
                                              attention(ch * mult, res) or nn.Identity()]))
                 width = ch * mult
                 skip_channels.append(width)
@@ -123,10 +124,10 @@ class UNet(nn.Module):
                 self.downsample.append(Downsample(width))
                 skip_channels.append(width)
         # Middle: ResBlock, attention, ResBlock at the lowest resolution.
-        self.mid1 = ResBlock(width, width, emb_dim, c.dropout)
+        self.mid1 = ResBlock(width, width, emb_dim, c.dropout, c.scale_shift)
         self.mid_attn = (TransformerBlock(width, c.context_dim, c.num_heads) if c.context_dim > 0
                          else SelfAttention(width, c.num_heads))
-        self.mid2 = ResBlock(width, width, emb_dim, c.dropout)
+        self.mid2 = ResBlock(width, width, emb_dim, c.dropout, c.scale_shift)
         # Up path: num_res_blocks + 1 blocks per level, each eating one skip.
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -134,7 +135,7 @@ class UNet(nn.Module):
             mult, res = c.channel_mults[level], c.resolutions[level]
             blocks = nn.ModuleList()
             for _ in range(c.num_res_blocks + 1):
-                blocks.append(nn.ModuleList([ResBlock(width + skip_channels.pop(), ch * mult, emb_dim, c.dropout),
+                blocks.append(nn.ModuleList([ResBlock(width + skip_channels.pop(), ch * mult, emb_dim, c.dropout, c.scale_shift),
                                              attention(ch * mult, res) or nn.Identity()]))
                 width = ch * mult
             self.up.append(blocks)

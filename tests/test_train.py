@@ -1,0 +1,144 @@
+"""Training (Algorithm 1): the loss goes down, resume is exact, Ctrl-C saves, checkpoints are atomic."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from trilemma.data import load_dataset
+from trilemma.diffusion import diffusion_loss, make_schedule
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.nets import UNet, preset
+from trilemma.train.common import TrainConfig, lr_at
+from trilemma.train.diffusion import train_ddpm
+from trilemma.train.loop import fit
+from trilemma.utils.io import atomic_write, save_tensors
+from trilemma.runs import SampleOptions, load_run
+from safetensors.torch import load_file
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_few_hundred_steps_on_a_handful_of_images_drive_the_loss_down(tmp_path):
+    torch.manual_seed(0)
+    images = load_dataset("digits", "train").batch(torch.arange(8))[0]          # 8 images, 1×8×8
+    model = UNet(preset("tiny", 8, 1))
+    schedule = make_schedule("linear", T=200)
+    train = TrainConfig(steps=300, batch_size=8, lr=3e-3, warmup_steps=20, log_every=1, checkpoint_every=1000,
+                        device="cpu")
+    fit(tmp_path, model=model, num_examples=8, batch_fn=lambda idx, g: (images[idx], {}),
+        loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+        train=train, device=torch.device("cpu"), progress=False)
+    values = losses(tmp_path)
+    first, last = sum(values[:20]) / 20, sum(values[-50:]) / 50
+    assert first > 0.5                         # an untrained net predicts ε ≈ 0: loss ≈ E‖ε‖²/d = 1
+    assert last < 0.4 * first, (first, last)
+
+
+def tiny_run(out, steps, **kw):
+    return train_ddpm(out, data="digits", preset="tiny", steps=steps, batch_size=16, lr=1e-3, progress=False,
+                      train_overrides=dict(log_every=1, checkpoint_every=4, warmup_steps=5, device="cpu",
+                                           **kw.pop("train", {})),
+                      model_overrides=dict(dropout=0.1), **kw)
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    tiny_run(straight, 10)
+    split = tmp_path / "split"
+    tiny_run(split, 6)                          # stops (and checkpoints) at step 6 …
+    train_ddpm(split, steps=10, resume=True, progress=False)   # … and continues to 10
+    assert losses(split) == losses(straight)    # bit-for-bit, dropout and data order included
+    for name in ("model.safetensors", "ema.safetensors"):
+        sa, sb = load_file(straight / name), load_file(split / name)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    images = load_dataset("digits", "train").batch(torch.arange(32))[0]
+    schedule = make_schedule("linear", T=100)
+
+    def run(out, steps, resume=False, preview=None):
+        torch.manual_seed(123)                      # same initial weights for every run
+        train = TrainConfig(steps=steps, batch_size=8, lr=1e-3, log_every=1, sample_every=1, checkpoint_every=100,
+                            device="cpu")
+        return fit(out, model=UNet(preset("tiny", 8, 1)), num_examples=32,
+                   batch_fn=lambda idx, g: (images[idx], {}),
+                   loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+                   train=train, device=torch.device("cpu"), preview=preview, resume=resume, progress=False)
+
+    def press_ctrl_c_at_step_3(ema_model, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = run(tmp_path / "a", 8, preview=press_ctrl_c_at_step_3)
+    assert result.interrupted and result.step == 3          # the step finished, then it stopped
+    assert json.loads((tmp_path / "a" / "state" / "trainer.json").read_text())["step"] == 3
+    result = run(tmp_path / "a", 8, resume=True)
+    assert result.step == 8 and not result.interrupted
+    run(tmp_path / "b", 8)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_tensors(path, {"a": torch.ones(3)})
+    before = path.read_bytes()
+
+    class Boom(dict):
+        def items(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_tensors(path, Boom())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]     # no temp file left behind
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+
+
+def test_a_torn_checkpoint_is_detected(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, 4)
+    save_tensors(run / "model.safetensors", load_run(run).model.state_dict(), metadata={"step": "99"})
+    with pytest.raises(RunError, match="interrupted"):
+        train_ddpm(run, steps=8, resume=True, progress=False)
+
+
+def test_run_folder_is_self_contained_and_samples_reproducibly(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, 4)
+    config = json.loads((run / "config.json").read_text())
+    assert config["kind"] == "ddpm" and config["model"]["image_size"] == 8
+    assert {"config.json", "model.safetensors", "ema.safetensors", "metrics.jsonl", "loss.png"} <= {
+        p.name for p in run.iterdir()}
+    r = load_run(run, device="cpu")
+    a = r.generate(5, seed=3, options=SampleOptions(sampler="ddim", steps=5), progress=False)
+    b = r.generate(5, seed=3, options=SampleOptions(sampler="ddim", steps=5), progress=False)
+    assert a.dtype == torch.uint8 and a.shape == (5, 1, 8, 8) and torch.equal(a, b)
+    assert r.nfe(SampleOptions(sampler="ddpm")) == 1000 and r.nfe(SampleOptions(sampler="ddim", steps=7)) == 7
+
+
+def test_refuses_to_overwrite_and_bad_budgets(tmp_path):
+    run = tmp_path / "run"
+    tiny_run(run, 2)
+    with pytest.raises(RunError, match="already holds a run"):
+        tiny_run(run, 2)
+    with pytest.raises(RunError, match="no config.json"):
+        train_ddpm(tmp_path / "nothing", steps=2, resume=True)
+    with pytest.raises(TrilemmaError, match="budget"):
+        TrainConfig()
+    with pytest.raises(TrilemmaError, match="budget"):
+        TrainConfig(steps=3, minutes=1.0)
+
+
+def test_lr_warmup_is_linear_then_constant():
+    assert lr_at(0, 1e-3, 10) == pytest.approx(1e-4)
+    assert lr_at(4, 1e-3, 10) == pytest.approx(5e-4)
+    assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3)
+    assert lr_at(500, 1e-3, 10) == pytest.approx(1e-3)

@@ -1,0 +1,142 @@
+"""``trilemma show WHAT``: pictures that explain the methods (schedules, forward process, trajectories)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trilemma.cli.common import Parser, positive_int, say, subparser
+
+
+# ------------------------------------------------------------------------------------ schedules
+def _register_schedules(sub) -> None:
+    p = subparser(sub, "schedules", "plot ᾱ_t, β_t and log-SNR of the four noise schedules")
+    p.add_argument("--out", default="schedules.png", help="PNG to write")
+    p.add_argument("--T", type=positive_int, default=1000)
+    p.set_defaults(func=_schedules)
+
+
+def _schedules(args) -> int:
+    import numpy as np
+
+    from trilemma.diffusion.schedule import SCHEDULES, make_schedule
+    from trilemma.viz import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in SCHEDULES:
+        s = make_schedule(name, T=args.T)
+        t = np.arange(1, s.T + 1)
+        axes[0].plot(t, s.alpha_bar[1:], label=name)
+        axes[1].plot(t, s.betas[1:], label=name)
+        axes[2].plot(t, s.log_snr[1:], label=name)
+    for ax, title in zip(axes, ["ᾱ_t (signal kept)", "β_t (noise added per step)", "log SNR = log ᾱ/(1−ᾱ)"]):
+        ax.set_title(title)
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[1].set_yscale("log")
+    out = save_figure(fig, args.out)
+    say(f"trilemma: wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ forward
+def _register_forward(sub) -> None:
+    p = subparser(sub, "forward", "x_0 … x_T of the forward process q(x_t|x_0), one row per schedule")
+    p.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
+    p.add_argument("--out", default="forward.png", help="PNG to write")
+    p.add_argument("--n", type=positive_int, default=3, help="number of images")
+    p.add_argument("--columns", type=positive_int, default=11, help="steps shown from t=0 to t=T")
+    p.add_argument("--T", type=positive_int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_forward)
+
+
+def _forward(args) -> int:
+    import numpy as np
+    import torch
+
+    from trilemma.data import load_dataset
+    from trilemma.diffusion.schedule import SCHEDULES, make_schedule
+    from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
+
+    dataset = load_dataset(args.data, "test")
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(dataset), generator=g)[:args.n]
+    x_0, _ = dataset.batch(idx)                                                   # (n, C, H, W)
+    eps = torch.randn(x_0.shape, generator=g)                                     # one ε per image
+    ts = np.unique(np.round(np.linspace(0, args.T, args.columns)).astype(int))
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(SCHEDULES), 1, figsize=(1.1 * len(ts), 1.2 * args.n * len(SCHEDULES) + 0.6))
+    for ax, name in zip(axes, SCHEDULES):
+        s = make_schedule(name, T=args.T)
+        frames = [s.q_sample(x_0, torch.full((args.n,), int(t)), eps) for t in ts]   # each (n, C, H, W)
+        grid = torch.stack(frames, 1).flatten(0, 1)                               # row per image
+        arr = grid_array(as_uint8_nhwc(grid.clamp(-1, 1)), nrow=len(ts))
+        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
+        h = arr.shape[1] / len(ts)
+        ax.set_xticks([(i + 0.5) * h for i in range(len(ts))], [f"t={t}" for t in ts], fontsize=8)
+        ax.set_yticks([])
+    fig.suptitle(f"forward process q(x_t | x_0) on {dataset.name}, same ε for every schedule")
+    out = save_figure(fig, args.out)
+    say(f"trilemma: wrote {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ trajectory
+def _register_trajectory(sub) -> None:
+    from trilemma.cli.sample import add_sampler_args
+
+    p = subparser(sub, "trajectory", "x_t and the prediction x̂₀ along the reverse process of a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", default="trajectory.png", help="PNG to write")
+    p.add_argument("--n", type=positive_int, default=4, help="number of images")
+    p.add_argument("--columns", type=positive_int, default=10, help="steps shown")
+    p.add_argument("--seed", type=int, default=0)
+    add_sampler_args(p)
+    p.set_defaults(func=_trajectory)
+
+
+def _trajectory(args) -> int:
+    import numpy as np
+    import torch
+
+    from trilemma.cli.sample import sample_options
+    from trilemma.errors import TrilemmaError
+    from trilemma.runs import load_run
+    from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
+
+    run = load_run(args.run, device=args.device)
+    if not hasattr(run, "schedule"):
+        raise TrilemmaError(f"{args.run}: a {run.kind} run has no reverse process to show")
+    options = sample_options(args)
+    _, traj = run.sample_batch(args.n, run.generator(args.seed), options, return_trajectory=True)
+    steps = len(traj["t"])
+    pick = np.unique(np.round(np.linspace(0, steps - 1, min(args.columns, steps))).astype(int))
+    x_t = torch.stack([run.decode(traj["x_t"][i + 1].to(run.device)).cpu() for i in pick], 1)  # (n, k, C, H, W)
+    x0 = torch.stack([run.decode(traj["x0_hat"][i].to(run.device)).cpu() for i in pick], 1)
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(1.1 * len(pick) + 1, 2.4 * args.n + 0.8))
+    for ax, frames, label in zip(axes, [x_t, x0], ["x_{t-1}", "x̂₀"]):
+        arr = grid_array(as_uint8_nhwc(frames.flatten(0, 1).clamp(-1, 1)), nrow=len(pick))
+        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        h = arr.shape[1] / len(pick)
+        ax.set_xticks([(i + 0.5) * h for i in range(len(pick))], [f"t={traj['t'][i]}" for i in pick], fontsize=8)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=12)
+    fig.suptitle(f"reverse process of {Path(args.run).name}: {run.describe(options)}")
+    out = save_figure(fig, args.out)
+    say(f"trilemma: wrote {out}")
+    return 0
+
+
+# Each `trilemma show <what>` registers here (later issues add e.g. interpolation).
+SHOW_COMMANDS = [_register_schedules, _register_forward, _register_trajectory]
+
+
+def register(sub) -> None:
+    p = subparser(sub, "show", "pictures of the methods: schedules, forward process, trajectories")
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT", parser_class=Parser)
+    for add in SHOW_COMMANDS:
+        add(what)

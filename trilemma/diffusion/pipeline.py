@@ -1,0 +1,133 @@
+"""A trained diffusion model: U-Net + schedule + parameterisation, and how to sample it.
+
+:class:`DiffusionConfig` is the ``"diffusion"`` section of a run's
+``config.json``; :class:`DiffusionRun` loads a run folder and draws images with
+DDPM or DDIM through the shared samplers. Latent and text-conditioned runs
+subclass it and override :meth:`DiffusionRun.decode` / :meth:`DiffusionRun.conditioning`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from trilemma.config import from_dict
+from trilemma.diffusion.denoiser import Denoiser
+from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+from trilemma.diffusion.schedule import NoiseSchedule, ScheduleConfig, make_schedule
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.nets.unet import UNet, UNetConfig
+from trilemma.runs import GeneratorRun, SampleOptions
+from trilemma.train.common import load_weights
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion process a network was trained for."""
+
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: Literal["eps", "v"] = "eps"   # what the network predicts (Ho et al. 2020 / Salimans & Ho 2022)
+    clip: bool = True                         # clamp x̂₀ to [-1, 1] while sampling (pixel space)
+    class_cond: bool = False                  # condition on the class label (with label dropout)
+    cond_drop: float = 0.1                    # share of training labels dropped to "no label" (for guidance)
+
+    def __post_init__(self):
+        if self.prediction not in ("eps", "v"):
+            raise TrilemmaError(f"--prediction: expected 'eps' or 'v', got {self.prediction!r}")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise TrilemmaError(f"--cond-drop: must be in [0, 1), got {self.cond_drop}")
+
+
+class DiffusionRun(GeneratorRun):
+    """A pixel-space diffusion run folder (kind "ddpm") loaded for sampling."""
+
+    kind = "ddpm"
+    reports_steps = True
+
+    def __init__(self, path: Path, config: dict[str, Any], device: torch.device, weights: str = "auto"):
+        super().__init__(path, config, device)
+        self.diffusion = from_dict(DiffusionConfig, config["diffusion"], where=f"{path}/config.json")
+        self.unet_config = from_dict(UNetConfig, config["model"], where=f"{path}/config.json")
+        self.schedule: NoiseSchedule = make_schedule(self.diffusion.schedule)
+        self.model = UNet(self.unet_config).to(device).eval().requires_grad_(False)
+        if weights == "auto":
+            weights = "ema" if (self.path / "ema.safetensors").is_file() else "model"
+        if not (self.path / f"{weights}.safetensors").is_file():
+            raise RunError(f"{path}: no {weights}.safetensors (has the run saved a checkpoint yet?)")
+        self.step = load_weights(self.path / f"{weights}.safetensors", self.model, device)
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """Shape of the diffused variable x_t (pixels here; latents in a latent run)."""
+        c = self.unet_config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    def decode(self, x_0: torch.Tensor) -> torch.Tensor:
+        """Diffused variable -> image in [-1, 1] (identity in pixel space)."""
+        return x_0
+
+    def conditioning(self, n: int, options: SampleOptions) -> tuple[dict | None, dict | None]:
+        """(cond, uncond) inputs of the network for a batch of n."""
+        if not self.diffusion.class_cond:
+            if options.label is not None:
+                raise TrilemmaError(f"--label: {self.path} is not class-conditional")
+            return None, None
+        label = -1 if options.label is None else options.label
+        if not -1 <= label < self.unet_config.num_classes:
+            raise TrilemmaError(f"--label: must be in 0..{self.unet_config.num_classes - 1}, got {label}")
+        y = torch.full((n,), label, device=self.device, dtype=torch.long)
+        return {"y": y}, {"y": torch.full_like(y, -1)}
+
+    # ------------------------------------------------------------------ sampling
+    def denoiser(self, options: SampleOptions, uncond: dict | None = None) -> Denoiser:
+        clip = self.diffusion.clip if options.clip is None else options.clip
+        guidance = options.guidance if uncond is not None else 1.0
+        return Denoiser(self.model, self.diffusion.prediction, clip=(-1.0, 1.0) if clip else None,
+                        guidance=guidance, uncond=uncond)
+
+    def timesteps(self, options: SampleOptions):
+        T = self.schedule.T
+        if options.sampler == "ddim":
+            return ddim_timesteps(T, options.steps or 50, options.spacing)
+        if options.sampler == "ddpm":
+            S = options.steps or T
+            return None if S == T else ddim_timesteps(T, S, options.spacing)
+        raise TrilemmaError(f"--sampler: expected 'ddpm' or 'ddim', got {options.sampler!r}")
+
+    def nfe(self, options: SampleOptions) -> int:
+        steps = self.timesteps(options)
+        n = self.schedule.T if steps is None else len(steps)
+        cond, uncond = self.conditioning(1, options)
+        return n * (2 if uncond is not None and options.guidance != 1.0 else 1)
+
+    def steps_per_batch(self, options: SampleOptions) -> int:
+        steps = self.timesteps(options)
+        return self.schedule.T if steps is None else len(steps)
+
+    def describe(self, options: SampleOptions) -> str:
+        steps = self.timesteps(options)
+        n = self.schedule.T if steps is None else len(steps)
+        return f"{options.sampler.upper()} {n} steps"
+
+    def sample_batch(self, n: int, generator: torch.Generator, options: SampleOptions,
+                     return_trajectory: bool = False, callback=None, x_T: torch.Tensor | None = None):
+        if x_T is None:
+            x_T = torch.randn((n, *self.x_shape), generator=generator, device=self.device)
+        cond, uncond = self.conditioning(n, options)
+        denoiser = self.denoiser(options, uncond)
+        steps = self.timesteps(options)
+        if options.sampler == "ddim":
+            out = ddim_sample(denoiser, x_T, self.schedule, steps, eta=options.eta, cond=cond,
+                              generator=generator, callback=callback, return_trajectory=return_trajectory)
+        else:
+            schedule = self.schedule if steps is None else self.schedule.respace(steps)
+            out = ddpm_sample(denoiser, x_T, schedule, variance=options.variance, cond=cond,
+                              generator=generator, callback=callback, return_trajectory=return_trajectory)
+        if return_trajectory:
+            x_0, traj = out
+            return self.decode(x_0), traj
+        return self.decode(out)

@@ -1,0 +1,2 @@
+"""Training: shared pieces (:mod:`.common`), the single-optimiser loop (:mod:`.loop`), and one
+trainer per model family (:mod:`.diffusion`, …)."""

@@ -1,0 +1,324 @@
+"""What every trainer shares: options, LR schedule, EMA, budget, checkpoints, logging, Ctrl-C.
+
+A trainer is a short, flat loop (see :mod:`trilemma.train.diffusion`); the
+pieces here keep those loops short without hiding them. Checkpoint layout of a
+run folder::
+
+    RUN/config.json            everything needed to rebuild the model (written once)
+    RUN/model.safetensors      the trained weights  ┐ enough to sample
+    RUN/ema.safetensors        their EMA            ┘ and evaluate
+    RUN/state/optim.safetensors   optimiser state(s)   ┐
+    RUN/state/rng.safetensors     RNG states, data order ├ needed only to resume
+    RUN/state/trainer.json        step, elapsed time    ┘ (written last: the commit mark)
+    RUN/metrics.jsonl          one JSON line per logged step
+    RUN/loss.png, RUN/samples/ pictures
+
+Every file is written atomically, and every weight file carries its step in
+the safetensors metadata, so a crash mid-save is detected on resume rather
+than silently mixing two steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options shared by every trainer (``--steps``, ``--minutes``, ``--batch-size`` …)."""
+
+    steps: int | None = None          # total optimiser steps (counted across resumes)
+    minutes: float | None = None      # or: total wall-clock training minutes (across resumes)
+    batch_size: int = 128
+    lr: float = 2e-4                  # peak learning rate (AdamW)
+    warmup_steps: int = 100           # linear LR warm-up
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0            # max global gradient norm (0 = off)
+    ema_decay: float = 0.999          # EMA of the weights, used for sampling
+    seed: int = 0
+    log_every: int = 10               # steps between metrics.jsonl lines
+    sample_every: int = 0             # steps between sample grids (0 = only at the end)
+    checkpoint_every: int = 500       # steps between checkpoints (and always at the end)
+    bf16: bool = False                # bf16 autocast for the forward pass
+    device: str = "auto"              # "auto" = CUDA when present
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.minutes is None):
+            raise TrilemmaError("give a training budget: exactly one of --steps or --minutes")
+        if self.steps is not None and self.steps <= 0:
+            raise TrilemmaError(f"--steps: must be a positive integer, got {self.steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise TrilemmaError(f"--minutes: must be > 0, got {self.minutes}")
+        if self.batch_size <= 0:
+            raise TrilemmaError(f"--batch-size: must be a positive integer, got {self.batch_size}")
+        if not self.lr > 0:
+            raise TrilemmaError(f"--lr: must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise TrilemmaError(f"--ema-decay: must be in [0, 1), got {self.ema_decay}")
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then constant (Ho et al. 2020)."""
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warm-up, min(decay, (1 + step)/(10 + step)), so early averages aren't stuck at init."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class EMA:
+    """An exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        ema_params = list(self.model.parameters())
+        params = list(model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)   # θ̄ ← d·θ̄ + (1−d)·θ
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+
+class Budget:
+    """When to stop: after ``steps`` total steps, or ``minutes`` of total training time."""
+
+    def __init__(self, config: TrainConfig, elapsed_before: float = 0.0):
+        self.steps = config.steps
+        self.seconds = None if config.minutes is None else config.minutes * 60.0
+        self.elapsed_before = elapsed_before
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def done(self, step: int) -> bool:
+        if self.steps is not None:
+            return step >= self.steps
+        return self.elapsed >= self.seconds
+
+
+class Interrupt:
+    """Turn the first Ctrl-C (SIGINT) into a flag the loop checks; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:            # not in the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+# ----------------------------------------------------------------------------- state (de)serialisation
+def optimizer_to_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state_dict into tensors (for safetensors) and JSON (everything else)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict,
+                           prefix: str) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith(prefix + "."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_to_tensors(generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda{i}"] = s
+    for name, g in generators.items():
+        out[f"gen.{name}"] = g.get_state()
+    return out
+
+
+def rng_from_tensors(tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    for name, g in generators.items():
+        g.set_state(tensors[f"gen.{name}"])
+
+
+def save_weights(path: Path, module: nn.Module, step: int) -> None:
+    save_tensors(path, module.state_dict(), metadata={"step": str(step), "format": "trilemma"})
+
+
+def load_weights(path: Path, module: nn.Module, device: torch.device | str = "cpu") -> int:
+    """Load a weights file into ``module`` (strict); returns the step it was saved at."""
+    tensors = load_tensors(path, device)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path}: weights do not match the model in config.json "
+                       f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return int(tensors_metadata(path).get("step", -1))
+
+
+@dataclass
+class Checkpoint:
+    """Writes and reads the resumable state of a run folder (see the module docstring)."""
+
+    run_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    def exists(self) -> bool:
+        return (self.state_dir / "trainer.json").is_file()
+
+    def save(self, step: int, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             generators: dict[str, torch.Generator], data_order: dict[str, torch.Tensor],
+             extra: dict[str, Any] | None = None) -> None:
+        """Save everything; ``modules`` maps file stems ("model", "ema", "disc") to networks."""
+        tensors, meta = {}, {}
+        for name, opt in optimizers.items():
+            t, m = optimizer_to_tensors(opt, name)
+            tensors.update(t)
+            meta[name] = m
+        save_tensors(self.state_dir / "optim.safetensors", tensors,
+                     metadata={"step": str(step), "meta": json.dumps(meta)})
+        rng = rng_to_tensors(generators)
+        rng.update({f"data.{k}": v for k, v in data_order.items()})
+        save_tensors(self.state_dir / "rng.safetensors", rng, metadata={"step": str(step)})
+        for stem, module in modules.items():
+            save_weights(self.run_dir / f"{stem}.safetensors", module, step)
+        write_json(self.state_dir / "trainer.json", {"step": step, **(extra or {})})   # the commit mark
+
+    def load(self, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             generators: dict[str, torch.Generator], device: torch.device) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Restore everything saved by :meth:`save`; returns (trainer.json, data-order tensors)."""
+        info = read_json(self.state_dir / "trainer.json")
+        step = info["step"]
+        for stem, module in modules.items():
+            saved = load_weights(self.run_dir / f"{stem}.safetensors", module, device)
+            if saved != step:
+                raise RunError(f"{self.run_dir}/{stem}.safetensors is from step {saved} but the checkpoint "
+                               f"is from step {step}: the last save was interrupted; cannot resume safely")
+        optim_path = self.state_dir / "optim.safetensors"
+        md = tensors_metadata(optim_path)
+        if int(md.get("step", -1)) != step:
+            raise RunError(f"{optim_path} does not match step {step}: cannot resume safely")
+        tensors = load_tensors(optim_path, device)
+        meta = json.loads(md["meta"])
+        for name, opt in optimizers.items():
+            optimizer_from_tensors(opt, tensors, meta[name], name)
+        rng = load_tensors(self.state_dir / "rng.safetensors")
+        rng_from_tensors(rng, generators)
+        data_order = {k[len("data."):]: v for k, v in rng.items() if k.startswith("data.")}
+        return info, data_order
+
+
+class EpochSampler:
+    """Minibatch indices: a fresh random permutation each epoch, drawn from ``generator``."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        if n == 0:
+            raise TrilemmaError("the training set is empty")
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        out = []
+        need = self.batch_size
+        while need > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.generator)
+                self.pos = 0
+            take = self.perm[self.pos:self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            out.append(take)
+        return torch.cat(out)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"perm": self.perm, "pos": torch.tensor([self.pos])}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if len(state["perm"]) != self.n:
+            raise RunError("the dataset changed size since the checkpoint; cannot resume the same data order")
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"][0])
+
+
+def grad_norm_and_clip(parameters, max_norm: float) -> float:
+    """Clip the global gradient norm to ``max_norm`` (if > 0) and return the norm before clipping."""
+    params = [p for p in parameters if p.grad is not None]
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
