@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "trilemma.cli.train",
     "trilemma.cli.sample",
     "trilemma.cli.show",
+    "trilemma.cli.experiment",
 )
 
 
