@@ -91,11 +91,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, **_) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3 * C, H * W).transpose(1, 2)      # (B, N, 3C)
+        tokens = self.norm(x).reshape(B, C, H * W).transpose(1, 2)                 # (B, N, C)
+        # The 1×1 convs run as linear maps on the tokens: the result is contiguous in its
+        # last dimension, which PyTorch's fused (flash) attention kernel needs on the CPU.
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)           # (B, N, 3C)
         q, k, v = (_heads(z, self.num_heads) for z in qkv.chunk(3, dim=2))        # (B, heads, N, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)                               # (B, heads, N, C/heads)
-        h = h.transpose(1, 2).reshape(B, H * W, C).transpose(1, 2).reshape(B, C, H, W)
-        return x + self.proj(h)
+        h = F.linear(h.transpose(1, 2).reshape(B, H * W, C), self.proj.weight.flatten(1), self.proj.bias)
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
 
 
 class CrossAttention(nn.Module):
