@@ -19,7 +19,11 @@ COMMAND_MODULES = (
     "trilemma.cli.demo",
     "trilemma.cli.train",
     "trilemma.cli.sample",
+    "trilemma.cli.generate",
+    "trilemma.cli.edit",
     "trilemma.cli.show",
+    "trilemma.cli.eval",
+    "trilemma.cli.compare",
     "trilemma.cli.experiment",
 )
 

@@ -12,9 +12,10 @@ across runs and machines the network is reproducible:
   ``torch.use_deterministic_algorithms(True)``;
 - the trained weights are cached under
   ``$TRILEMMA_CACHE/feature-nets/<dataset>-<hash>/`` where the hash covers the
-  resolved :class:`~trilemma.data.DataConfig`, a fingerprint of the training
-  images, the recipe, the objective and :data:`FEATURE_CODE_VERSION`; a second call
-  loads the cached weights instead of training.
+  resolved :class:`~trilemma.data.DataConfig` (without ``hflip``, a generator-only
+  option: see :func:`canonical_data_config`), a fingerprint of the training images
+  and labels, the recipe, the objective and :data:`FEATURE_CODE_VERSION`; a second
+  call loads the cached weights instead of training.
 
 **Objective.** A labelled dataset (the builtins, a folder with one sub-folder per
 class) trains a classifier on its labels; the features are the 128-d penultimate
@@ -59,16 +60,16 @@ FEATURE_CODE_VERSION = 1
 # A fixed number of steps, not epochs, so every dataset costs the same CPU time.
 DEFAULT_RECIPE: dict[str, Any] = {
     "arch": "convnet",
-    "width": 32,  # channels of the first conv stage; later stages 2x and 4x
+    "width": 16,  # channels of the first conv stage; later stages 2x and 4x
     "feature_dim": 128,  # size of the penultimate layer = the features
-    "steps": 1500,  # optimiser steps
+    "steps": 2500,  # optimiser steps
     "batch_size": 128,
     "lr": 3e-3,  # peak learning rate of AdamW
     "weight_decay": 5e-4,
     "warmup_steps": 100,  # linear warm-up, then cosine decay to 0
-    "label_smoothing": 0.1,
-    "shift": 2,  # random translation of up to +-shift pixels (zero padding)
-    "hflip": "data",  # "data": mirror when the DataConfig asks for it; or true/false
+    "label_smoothing": 0.0,
+    "shift": 0,  # random translation of up to +-shift pixels (background padding)
+    "hflip": False,  # random horizontal flips
     "dropout": 0.2,  # before the output layer
     "seed": 0,
 }
@@ -92,7 +93,7 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 class ConvNet(nn.Module):
     """A small VGG-style CNN for images of any size (>= 4 px).
 
-    conv(w) pool conv(2w) conv(2w) pool conv(4w) -> adaptive avg-pool to 2x2 ->
+    conv(w) pool conv(2w) conv(2w) pool conv(4w) -> adaptive avg-pool to 4x4 ->
     linear(feature_dim) ReLU = **features** -> dropout -> linear(num_outputs).
     """
 
@@ -103,9 +104,9 @@ class ConvNet(nn.Module):
         self.trunk = nn.Sequential(
             conv_block(channels, w), nn.MaxPool2d(2),  # (B, w, H/2, W/2)
             conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # (B, 2w, H/4, W/4)
-            conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(2), nn.Flatten(),  # (B, 16w)
+            conv_block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # (B, 64w)
         )
-        self.embed = nn.Sequential(nn.Linear(16 * w, feature_dim), nn.ReLU(inplace=True))
+        self.embed = nn.Sequential(nn.Linear(64 * w, feature_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_outputs))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,8 +164,7 @@ def rotations_of(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_feature_net(train_images: torch.Tensor, train_targets: torch.Tensor | None,
-                      num_classes: int, recipe: dict[str, Any], hflip: bool,
-                      progress: bool = True) -> ConvNet:
+                      num_classes: int, recipe: dict[str, Any], progress: bool = True) -> ConvNet:
     """Train :class:`ConvNet` on the CPU, deterministically, with a flat loop.
 
     ``train_targets=None`` selects the rotation-prediction objective (Gidaris et al.
@@ -194,7 +194,7 @@ def train_feature_net(train_images: torch.Tensor, train_targets: torch.Tensor | 
             idx = order[cursor:cursor + bs]
             cursor += bs
             x = to_float(train_images[idx])  # (B, C, H, W) in [-1, 1]
-            if hflip:
+            if recipe["hflip"]:
                 flip = torch.rand(len(idx), generator=generator) < 0.5
                 x[flip] = x[flip].flip(-1)
             x = random_shift(x, recipe["shift"], generator)
@@ -225,7 +225,7 @@ class FeatureNetwork:
     ``name``, ``objective`` ("classifier" or "rotation"), ``hash``, ``dataset``,
     ``data_config``, ``recipe``, ``code_version``, ``feature_dim``, ``num_classes``,
     ``test_accuracy`` (class accuracy, or rotation accuracy for the fallback; null
-    when there is no test split), ``test_n``, ``train_seconds``.
+    when there is no test split), ``test_n``, ``train_seconds``, ``train_threads``.
     """
 
     net: ConvNet
@@ -239,7 +239,7 @@ class FeatureNetwork:
 
     @property
     def feature_dim(self) -> int:
-        return self.info["feature_dim"]
+        return self.net.embed[0].out_features
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor | np.ndarray, *, batch_size: int | None = None,
@@ -296,6 +296,22 @@ def dataset_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40]
 
 
+def canonical_data_config(data_config):
+    """The resolved config with the generator-only option ``hflip`` off.
+
+    The feature network and the real statistics depend on *which images* a dataset
+    holds, not on how a generator augments them, so a run trained with flips is
+    scored by the same network as one trained without.
+    """
+    import dataclasses
+
+    from trilemma.data import DataConfig
+
+    if isinstance(data_config, str):
+        data_config = DataConfig(data_config)
+    return dataclasses.replace(data_config.resolved(), hflip=False)
+
+
 def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
                         progress: bool = True, device: str | torch.device = "cpu",
                         log: Callable[[str], None] | None = None) -> FeatureNetwork:
@@ -305,14 +321,14 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
     ``recipe``: overrides of :data:`DEFAULT_RECIPE` (unknown keys raise ``ValueError``).
     ``log``: called with one-line status messages (e.g. "training ... (test accuracy 92.1%)").
     """
-    from trilemma.data import DataConfig, load_dataset
+    from trilemma.data import load_dataset
 
-    if isinstance(data_config, str):
-        data_config = DataConfig(data_config)
-    data_config = data_config.resolved()
+    data_config = canonical_data_config(data_config)
     recipe = resolve_recipe(recipe)
     train = load_dataset(data_config, split="train")
     objective = "classifier" if train.has_labels else "rotation"
+    if train.has_labels:  # a folder's root-level files have no class (-1): not trained on
+        train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     targets = train.labels if train.has_labels else None
     key = {"data": data_config.to_dict(), "fingerprint": dataset_fingerprint(train.images, targets),
            "recipe": recipe, "objective": objective, "code_version": FEATURE_CODE_VERSION}
@@ -325,13 +341,12 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
         net.load_state_dict(load_tensors(folder / "model.safetensors"))
         return FeatureNetwork(net.eval(), info, torch.device(device))
 
-    hflip = data_config.hflip if recipe["hflip"] == "data" else bool(recipe["hflip"])
     if log:
         log(f"training the {objective} feature network for {data_config.name} "
             f"({recipe['steps']} steps on the CPU; cached afterwards in {folder})")
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
-        net = train_feature_net(train.images, targets, train.num_classes, recipe, hflip, progress)
+        net = train_feature_net(train.images, targets, train.num_classes, recipe, progress)
     train_seconds = time.perf_counter() - t0
     fn = FeatureNetwork(net, {}, torch.device(device))
     accuracy, test_n = test_accuracy(fn, data_config, objective, progress)
@@ -349,6 +364,7 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
         "test_accuracy": accuracy,
         "test_n": test_n,
         "train_seconds": round(train_seconds, 1),
+        "train_threads": torch.get_num_threads(),
     }
     save_tensors(folder / "model.safetensors", net.state_dict(), {"hash": digest})
     write_json(folder / "info.json", fn.info)  # last: its presence marks a complete entry
@@ -372,13 +388,18 @@ def test_accuracy(fn: FeatureNetwork, data_config, objective: str,
                   progress: bool = False) -> tuple[float | None, int]:
     """Accuracy on the test split: of the class, or of the rotation for the fallback."""
     from trilemma.data import load_dataset
+    from trilemma.errors import DataError
 
-    test = load_dataset(data_config, split="test")
-    if len(test) == 0:
+    try:
+        test = load_dataset(data_config, split="test")
+    except DataError:  # e.g. a folder with test_fraction = 0
         return None, 0
     if objective == "rotation":
         images, targets = rotations_of(test.images)
     else:
-        images, targets = test.images, test.labels
+        labelled = test.labels >= 0
+        images, targets = test.images[labelled], test.labels[labelled]
+    if len(images) == 0:
+        return None, 0
     probs = fn.probs(images, progress=progress, desc="testing feature network")
     return float((probs.argmax(1) == targets.numpy()).mean()), len(images)

@@ -25,15 +25,15 @@ import hashlib
 import numpy as np
 import torch
 
-from trilemma.metrics.prdc import CHUNK_ROWS, distance_chunks
+from trilemma.metrics.prdc import CHUNK_ROWS, squared_distance_chunks
 
 
 def nearest_distances(queries: np.ndarray, reference: np.ndarray,
                       chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
     """Distance from each query ``(N, D)`` to its nearest reference point ``(M, D)``: ``(N,)``."""
     out = np.empty(len(queries))
-    for rows, d in distance_chunks(queries, reference, chunk_rows):
-        out[rows] = d.min(1).values.numpy()
+    for rows, d2 in squared_distance_chunks(queries, reference, chunk_rows):
+        out[rows] = d2.min(1).values.sqrt().numpy()
     return out
 
 

@@ -31,23 +31,27 @@ import torch
 CHUNK_ROWS = 1024
 
 
-def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``(N, M)`` from ``a`` ``(N, D)`` to ``b`` ``(M, D)``, float64.
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(N, M)`` from ``a`` ``(N, D)`` to ``b`` ``(M, D)``.
 
-    ``|a|² + |b|² - 2 a·b``, clipped at 0 against rounding.
+    ``|a|² + |b|² - 2 a·b`` in one ``addmm``, clipped at 0 against rounding.
     """
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return sq.clamp_(min=0.0).sqrt_()
+    sq = torch.addmm((b * b).sum(1)[None, :], a, b.T, beta=1.0, alpha=-2.0)  # |b|² - 2 a·b
+    return sq.add_((a * a).sum(1)[:, None]).clamp_(min=0.0)
 
 
-def distance_chunks(a: np.ndarray, b: np.ndarray,
-                    chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, distances[rows])`` blocks of the ``a``-to-``b`` distance matrix."""
+def squared_distance_chunks(a: np.ndarray, b: np.ndarray,
+                            chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, squared_distances[rows])`` blocks of the ``a``-to-``b`` matrix, float64.
+
+    Every comparison below is done on squared distances (against squared radii), so
+    the square root is only taken of the few numbers that are returned.
+    """
     a_t = torch.as_tensor(np.asarray(a, np.float64))
     b_t = torch.as_tensor(np.asarray(b, np.float64))
     for start in range(0, len(a_t), chunk_rows):
         rows = slice(start, min(start + chunk_rows, len(a_t)))
-        yield rows, pairwise_distances(a_t[rows], b_t)
+        yield rows, squared_distances(a_t[rows], b_t)
 
 
 def knn_radii(features: np.ndarray, ks: tuple[int, ...] | int,
@@ -61,10 +65,10 @@ def knn_radii(features: np.ndarray, ks: tuple[int, ...] | int,
     if len(features) <= max(ks):
         raise ValueError(f"need more than k = {max(ks)} points for k-NN radii, got {len(features)}")
     radii = {k: np.empty(len(features)) for k in ks}
-    for rows, d in distance_chunks(features, features, chunk_rows):
-        nearest = torch.topk(d, max(ks) + 1, dim=1, largest=False).values  # (rows, kmax+1), sorted
+    for rows, d2 in squared_distance_chunks(features, features, chunk_rows):
+        nearest = torch.topk(d2, max(ks) + 1, dim=1, largest=False).values  # (rows, kmax+1), sorted
         for k in ks:
-            radii[k][rows] = nearest[:, k].numpy()
+            radii[k][rows] = nearest[:, k].sqrt().numpy()
     return radii
 
 
@@ -78,23 +82,23 @@ def prdc(real_features: np.ndarray, fake_features: np.ndarray, *, k_pr: int = 3,
     """
     if real_radii is None or k_pr not in real_radii or k_dc not in real_radii:
         real_radii = knn_radii(real_features, (k_pr, k_dc), chunk_rows)
-    r_real_pr = torch.as_tensor(real_radii[k_pr])  # (N,)
-    r_real_dc = torch.as_tensor(real_radii[k_dc])  # (N,)
-    r_fake_pr = torch.as_tensor(knn_radii(fake_features, k_pr, chunk_rows)[k_pr])  # (M,)
+    r2_real_pr = torch.as_tensor(real_radii[k_pr]) ** 2  # (N,) squared radii
+    r2_real_dc = torch.as_tensor(real_radii[k_dc]) ** 2  # (N,)
+    r2_fake_pr = torch.as_tensor(knn_radii(fake_features, k_pr, chunk_rows)[k_pr]) ** 2  # (M,)
     n_real, n_fake = len(real_features), len(fake_features)
 
     in_real_manifold = torch.zeros(n_fake, dtype=torch.bool)  # precision, per fake
     real_balls_holding = torch.zeros(n_fake, dtype=torch.float64)  # density, per fake
     in_fake_manifold = torch.zeros(n_real, dtype=torch.bool)  # recall, per real
     nearest_fake = torch.full((n_real,), float("inf"), dtype=torch.float64)  # coverage, per real
-    for rows, d in distance_chunks(fake_features, real_features, chunk_rows):  # d: (m, N)
-        in_real_manifold[rows] = (d <= r_real_pr[None, :]).any(1)
-        real_balls_holding[rows] = (d <= r_real_dc[None, :]).sum(1).double()
-        in_fake_manifold |= (d <= r_fake_pr[rows, None]).any(0)
-        nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
+    for rows, d2 in squared_distance_chunks(fake_features, real_features, chunk_rows):  # (m, N)
+        in_real_manifold[rows] = (d2 <= r2_real_pr[None, :]).any(1)
+        real_balls_holding[rows] = (d2 <= r2_real_dc[None, :]).sum(1).double()
+        in_fake_manifold |= (d2 <= r2_fake_pr[rows, None]).any(0)
+        nearest_fake = torch.minimum(nearest_fake, d2.min(0).values)
     return {
         "precision": float(in_real_manifold.double().mean()),
         "recall": float(in_fake_manifold.double().mean()),
         "density": float(real_balls_holding.sum() / (k_dc * n_fake)),
-        "coverage": float((nearest_fake <= r_real_dc).double().mean()),
+        "coverage": float((nearest_fake <= r2_real_dc).double().mean()),
     }

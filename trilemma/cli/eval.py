@@ -1,0 +1,233 @@
+"""``trilemma eval``: score a run, or images from anywhere, on quality, coverage and speed.
+
+    trilemma eval RUN [--n 10000] [--sampler ddim --steps 50] [--json out.json]
+    trilemma eval --samples FILE.npz|FOLDER --data fashion-mnist [--json out.json]
+
+A run is sampled (with a progress bar), timed, and scored against its dataset's
+test split; its result is also saved as ``RUN/eval.json`` for ``trilemma
+compare``. ``--samples`` scores images made by anything (another library's
+samples included) the same way. The summary goes to stdout; the full result
+(docs/metrics.md lists every key) to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trilemma.cli.common import positive_int, say, subparser
+from trilemma.cli.sample import add_sampler_args, sample_options
+from trilemma.errors import TrilemmaError
+
+EVAL_FILE = "eval.json"  # the latest `trilemma eval` of a run, inside the run folder
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = subparser(sub, "eval", "score a run or a set of images: quality, coverage, memorisation, speed")
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder to sample and score")
+    p.add_argument("--samples", metavar="FILE_OR_FOLDER",
+                   help="score these images instead of a run: an .npz (key 'images' or its first "
+                        "array; uint8 N,H,W,C or N,C,H,W) or a folder of images")
+    p.add_argument("--data", metavar="DATASET",
+                   help="dataset to score --samples against: fashion-mnist, mnist-5k, digits or a folder")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="number of images to score (runs: default 10000; --samples: default all)")
+    p.add_argument("--prompts", metavar="BENCHMARK", default=None,
+                   help="text-to-image runs: prompt accuracy instead, at w = 0, 1, 3, 5, 7 (and --guidance): "
+                        "shapes (per category; --n prompts, default 200), fashion-mnist-captions or "
+                        "mnist-5k-captions (class agreement, seen vs held-out templates)")
+    add_sampler_args(p)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="sampling batch size (images/s is measured on these batches)")
+    p.add_argument("--json", metavar="FILE", help="write the full result here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from trilemma.metrics import DEFAULT_N, as_image_batch, evaluate_images, evaluate_run
+    from trilemma.utils.io import write_json
+
+    if args.prompts is not None:
+        return run_prompt_eval(args)
+    if (args.run is None) == (args.samples is None):
+        raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER (not both)")
+    if args.samples is not None:
+        if args.data is None:
+            raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")
+        from trilemma.runs import SampleOptions
+
+        if sample_options(args) != SampleOptions():
+            raise TrilemmaError("sampling options (--sampler, --steps, ...) apply to a RUN, not to --samples")
+        data_config = data_config_for(args.data)
+        shape = (data_config.channels, data_config.image_size, data_config.image_size)
+        images = as_image_batch(load_samples(args.samples, data_config), shape,
+                                what=f"--samples {args.samples}")
+        if args.n is not None:
+            if args.n > len(images):
+                raise TrilemmaError(f"--n {args.n}: {args.samples} holds only {len(images)} images")
+            images = images[:args.n]
+        if len(images) != DEFAULT_N:
+            say(f"note: scoring {len(images)} images; FID and KID are compared fairly only at equal n "
+                f"(the default is {DEFAULT_N})")
+        result = evaluate_images(images, data_config, progress=not args.quiet, log=say,
+                                 source={"kind": "samples", "path": str(Path(args.samples).resolve())})
+    else:
+        if args.data is not None:
+            raise TrilemmaError("--data applies to --samples; a run is scored against its own dataset")
+        run = load_run_for_eval(args.run, args.device)
+        options = sample_options(args)
+        n = args.n or DEFAULT_N
+        say(f"sampling {n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
+            f"evaluations per image)")
+        result = evaluate_run(run, n, options, seed=args.seed, batch_size=args.batch_size,
+                              progress=not args.quiet, log=say)
+        write_json(Path(run.path) / EVAL_FILE, result)
+    print(format_summary(result))
+    if args.json:
+        write_json(args.json, result)
+        say(f"wrote {args.json}")
+    return 0
+
+
+def run_prompt_eval(args: argparse.Namespace) -> int:
+    """``--prompts BENCHMARK``: how well a text-to-image run obeys prompts (:func:`trilemma.text.evaluate_prompts`)."""
+    from trilemma.cli.generate import load_t2i_run
+    from trilemma.text import evaluate_prompts, format_prompt_table
+    from trilemma.text.evaluate import DEFAULT_GUIDANCES
+    from trilemma.utils.io import write_json
+
+    if args.run is None or args.samples is not None or args.data is not None:
+        raise TrilemmaError("--prompts scores a text-to-image RUN folder (not --samples or --data)")
+    run = load_t2i_run(args.run, args.device)
+    guidances = tuple(sorted({*DEFAULT_GUIDANCES, args.guidance}))
+    result = evaluate_prompts(run, args.prompts, n=args.n, guidances=guidances, options=sample_options(args),
+                              seed=args.seed, batch_size=args.batch_size, progress=not args.quiet, log=say)
+    print(format_prompt_table(result))
+    if args.json:
+        write_json(args.json, result)
+        say(f"wrote {args.json}")
+    return 0
+
+
+def data_config_for(name: str):
+    from trilemma.data import DataConfig
+
+    return DataConfig(name).resolved()
+
+
+def load_run_for_eval(path: str, device: str | None):
+    from trilemma.runs import load_run
+
+    return load_run(path, device=device)
+
+
+def load_samples(path: str, data_config) -> np.ndarray:
+    """uint8 images from an ``.npz`` file or a folder of images (see ``--samples``)."""
+    p = Path(path)
+    if p.is_dir():
+        return load_sample_folder(p, data_config)
+    if not p.is_file():
+        raise TrilemmaError(f"--samples {path}: no such file or folder")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise TrilemmaError(f"--samples {path}: expected an .npz file, got a single .npy array")
+            if not npz.files:
+                raise TrilemmaError(f"--samples {path}: the .npz file holds no arrays")
+            key = "images" if "images" in npz.files else npz.files[0]
+            images = npz[key]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise TrilemmaError(f"--samples {path}: not a readable .npz file ({e})") from None
+    if images.dtype != np.uint8:
+        raise TrilemmaError(f"--samples {path}: array '{key}' has dtype {images.dtype}; expected uint8 "
+                            f"pixels 0..255")
+    return images
+
+
+def load_sample_folder(folder: Path, data_config) -> np.ndarray:
+    """Every image in ``folder`` (recursively), converted and sized like the dataset's images."""
+    import dataclasses
+
+    from trilemma.data import load_dataset
+    from trilemma.errors import DataError
+
+    config = dataclasses.replace(data_config, name=str(folder.resolve()), test_fraction=0.0, hflip=False)
+    try:
+        return load_dataset(config, split="train").images.numpy()
+    except DataError as e:
+        raise TrilemmaError(f"--samples {folder}: {e}") from None
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def source_line(result: dict) -> str:
+    src = result["source"]
+    if src.get("kind") == "run":
+        sampling = src.get("sampling") or {}
+        how = ", ".join(f"{k}={v}" for k, v in sampling.items() if v is not None)
+        return f"{result['n']} samples from run {src['path']} ({src['run_kind']}; {how})"
+    return f"{result['n']} images from {src.get('path', src.get('kind'))}"
+
+
+def format_summary(result: dict) -> str:
+    """A readable table of one result (what ``trilemma eval`` prints)."""
+    ref, fn = result["reference"], result["feature_net"]
+    q, c, m, s = result["quality"], result["coverage"], result["memorisation"], result["speed"]
+    acc = fn.get("test_accuracy")
+    acc_text = "n/a" if acc is None else f"{100 * acc:.2f}%"
+    acc_kind = "rotation accuracy" if fn["objective"] == "rotation" else "test accuracy"
+    lines = [
+        f"scored: {source_line(result)}",
+        f"against: {ref['dataset']} {ref['split']} split ({ref['n']} images)",
+        f"feature network: {fn['name']} ({fn['objective']}, {acc_kind} {acc_text})",
+        "",
+    ]
+    kid = f"{q['kid_mean']:.3f} ± {q['kid_std']:.3f}" if q["kid_mean"] is not None else "n/a"
+    score = (f"{q['classifier_score_mean']:.3f} ± {q['classifier_score_std']:.3f}"
+             if q["classifier_score_mean"] is not None else "n/a")
+    modes = (f"{c['modes_hit']} / {c['num_classes']} (share >= {c['modes_threshold']:.3f})"
+             if c["modes_hit"] is not None else "n/a")
+    rows = [
+        ("quality", "FID (lower is better)", fmt(q["fid"], 2)),
+        ("", "KID (lower is better)", kid),
+        ("", "precision (k=3)", fmt(q["precision"])),
+        ("", "density (k=5)", fmt(q["density"])),
+        ("", "classifier score", score),
+        ("coverage", "recall (k=3)", fmt(c["recall"])),
+        ("", "coverage (k=5)", fmt(c["coverage"])),
+        ("", "modes hit", modes),
+        ("", "class KL / JS / TV", f"{fmt(c['class_kl'], 4)} / {fmt(c['class_js'], 4)} / "
+                                   f"{fmt(c['class_tv'], 4)}"),
+        ("memorisation", "NN-to-train ratio", fmt(m["nn_ratio"])),
+        ("", "copy fraction", fmt(m["copy_fraction"], 4)),
+        ("", "exact copies", fmt(m["exact_copy_fraction"], 4)),
+        ("speed", "NFE per image", fmt(s["nfe"])),
+        ("", "images / s", fmt(s["images_per_s"], 1)),
+        ("", "peak memory (MB)", f"{fmt(s['peak_memory_mb'], 1)}"
+                                 + (f"  [{s['memory_measure']}]" if s["memory_measure"] else "")),
+    ]
+    width = max(len(r[1]) for r in rows)
+    for section, name, value in rows:
+        lines.append(f"{section:<13} {name:<{width}}  {value}")
+    t = result["timing"]
+    lines.append("")
+    lines.append(f"time: {fmt(t['total_s'], 1)} s total (sampling {fmt(t['sample_s'], 1)} s, "
+                 f"featurising {fmt(t['featurise_s'], 1)} s, metrics {fmt(t['metrics_s'], 1)} s)")
+    return "\n".join(lines)
