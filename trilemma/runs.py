@@ -115,8 +115,40 @@ def _diffusion_run():
     return DiffusionRun
 
 
+def _vae_run():
+    from trilemma.vae.run import VAERun
+
+    return VAERun
+
+
+def _gan_run():
+    from trilemma.gan.run import GANRun
+
+    return GANRun
+
+
+def _autoencoder_run():
+    from trilemma.latent.run import AutoencoderRun
+
+    return AutoencoderRun
+
+
+def _ldm_run():
+    from trilemma.latent.pipeline import LatentDiffusionRun
+
+    return LatentDiffusionRun
+
+
+def _t2i_run():
+    from trilemma.text.pipeline import TextDiffusionRun
+
+    return TextDiffusionRun
+
+
 # kind -> a function returning the GeneratorRun subclass (imported lazily, so `trilemma --help` stays fast).
-RUN_KINDS: dict[str, Callable[[], type[GeneratorRun]]] = {"ddpm": _diffusion_run}
+RUN_KINDS: dict[str, Callable[[], type[GeneratorRun]]] = {"ddpm": _diffusion_run, "vae": _vae_run, "gan": _gan_run,
+                                                          "autoencoder": _autoencoder_run, "ldm": _ldm_run,
+                                                          "t2i": _t2i_run}
 
 
 def register_run_kind(kind: str, loader: Callable[[], type[GeneratorRun]]) -> None:

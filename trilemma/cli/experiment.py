@@ -6,9 +6,10 @@ Each experiment registers a subcommand through a function in :data:`EXPERIMENTS`
 from __future__ import annotations
 
 from trilemma.cli.common import Parser, subparser
+from trilemma.experiments import add_gan_gradients, add_latent_vs_pixel, add_vae_vs_gan
 
 # Functions `add(subparsers)`, one per experiment (gan-gradients, vae-vs-gan, latent-vs-pixel, …).
-EXPERIMENTS: list = []
+EXPERIMENTS: list = [add_gan_gradients, add_vae_vs_gan, add_latent_vs_pixel]
 
 
 def register(sub) -> None:

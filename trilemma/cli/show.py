@@ -49,6 +49,8 @@ def _register_forward(sub) -> None:
     p.add_argument("--columns", type=positive_int, default=11, help="steps shown from t=0 to t=T")
     p.add_argument("--T", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autoencoder", metavar="RUN_AE", help="noise the scaled latents z = s·μ(x) of this "
+                   "autoencoder run (or an ldm run's) and decode each z_t; the data is the autoencoder's")
     p.set_defaults(func=_forward)
 
 
@@ -60,17 +62,26 @@ def _forward(args) -> int:
     from trilemma.diffusion.schedule import SCHEDULES, make_schedule
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
-    dataset = load_dataset(args.data, "test")
+    encode, decode, space = (lambda x: x), (lambda x: x), ""
+    data = args.data
+    if args.autoencoder:                           # latent space: q(z_t | z_0) on z_0 = s·μ(x), shown as D(z_t / s)
+        from trilemma.latent import load_autoencoder
+
+        ae = load_autoencoder(args.autoencoder, device="cpu")
+        encode, decode, data = ae.encode, (lambda z: ae.decode(z).cpu()), ae.data_config
+        space = f" in the latent space of {Path(args.autoencoder).name} (decoded)"
+    dataset = load_dataset(data, "test")
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(dataset), generator=g)[:args.n]
     x_0, _ = dataset.batch(idx)                                                   # (n, C, H, W)
+    x_0 = encode(x_0)                                                             # latents: (n, c, h, w)
     eps = torch.randn(x_0.shape, generator=g)                                     # one ε per image
     ts = np.unique(np.round(np.linspace(0, args.T, args.columns)).astype(int))
     plt = _pyplot()
     fig, axes = plt.subplots(len(SCHEDULES), 1, figsize=(1.1 * len(ts), 1.2 * args.n * len(SCHEDULES) + 0.6))
     for ax, name in zip(axes, SCHEDULES):
         s = make_schedule(name, T=args.T)
-        frames = [s.q_sample(x_0, torch.full((args.n,), int(t)), eps) for t in ts]   # each (n, C, H, W)
+        frames = [decode(s.q_sample(x_0, torch.full((args.n,), int(t)), eps)) for t in ts]   # each (n, C, H, W)
         grid = torch.stack(frames, 1).flatten(0, 1)                               # row per image
         arr = grid_array(as_uint8_nhwc(grid.clamp(-1, 1)), nrow=len(ts))
         ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
@@ -78,7 +89,7 @@ def _forward(args) -> int:
         h = arr.shape[1] / len(ts)
         ax.set_xticks([(i + 0.5) * h for i in range(len(ts))], [f"t={t}" for t in ts], fontsize=8)
         ax.set_yticks([])
-    fig.suptitle(f"forward process q(x_t | x_0) on {dataset.name}, same ε for every schedule")
+    fig.suptitle(f"forward process q(x_t | x_0) on {dataset.name}{space}, same ε for every schedule")
     out = save_figure(fig, args.out)
     say(f"trilemma: wrote {out}")
     return 0
@@ -131,8 +142,50 @@ def _trajectory(args) -> int:
     return 0
 
 
-# Each `trilemma show <what>` registers here (later issues add e.g. interpolation).
-SHOW_COMMANDS = [_register_schedules, _register_forward, _register_trajectory]
+# ------------------------------------------------------------------------------------ interpolation
+def _register_interpolation(sub) -> None:
+    p = subparser(sub, "interpolation", "decode straight lines between the codes of test images (VAE) "
+                  "or great circles between noises (GAN), one row per pair")
+    p.add_argument("run", help="run folder (vae or gan)")
+    p.add_argument("--out", default="interpolation.png", help="PNG to write")
+    p.add_argument("--pairs", type=positive_int, default=6, help="rows: pairs of end points")
+    p.add_argument("--steps", type=positive_int, default=10, help="images per row, ends included")
+    p.add_argument("--seed", type=int, default=0, help="which test images (VAE) or noises (GAN)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_interpolation)
+
+
+def _interpolation(args) -> int:
+    import torch
+
+    from trilemma.data import load_dataset
+    from trilemma.errors import TrilemmaError
+    from trilemma.runs import load_run
+    from trilemma.viz import save_grid
+
+    run = load_run(args.run, device=args.device)
+    g = torch.Generator().manual_seed(args.seed)
+    if run.kind == "vae":                    # rows: x_a | decoded path between μ(x_a) and μ(x_b) | x_b
+        test = load_dataset(run.data_config, "test")
+        x, _ = test.batch(torch.randperm(len(test), generator=g)[:2 * args.pairs])
+        if len(x) < 2 * args.pairs:
+            raise TrilemmaError(f"--pairs {args.pairs}: the test split has only {len(x)} images")
+        rows = [torch.cat([x[2 * i:2 * i + 1].to(run.device), run.interpolate(x[2 * i], x[2 * i + 1], args.steps),
+                           x[2 * i + 1:2 * i + 2].to(run.device)]) for i in range(args.pairs)]
+        ncol, what = args.steps + 2, "test image | decoded straight line between their codes μ | test image"
+    elif run.kind == "gan":                  # rows: G along the great circle between two noises
+        z = torch.randn((2 * args.pairs, run.model_config.z_dim), generator=g)
+        rows = [run.interpolate(z[2 * i], z[2 * i + 1], args.steps) for i in range(args.pairs)]
+        ncol, what = args.steps, "G(z) along great circles between two noises"
+    else:
+        raise TrilemmaError(f"{args.run}: a {run.kind} run has no latent code to interpolate in (vae or gan runs)")
+    out = save_grid(torch.cat(rows), args.out, nrow=ncol)
+    say(f"trilemma: wrote {out} ({args.pairs} rows: {what})")
+    return 0
+
+
+# Each `trilemma show <what>` registers here.
+SHOW_COMMANDS = [_register_schedules, _register_forward, _register_trajectory, _register_interpolation]
 
 
 def register(sub) -> None:

@@ -1,0 +1,128 @@
+"""The experiments: the sharpness measure against its closed forms, and both experiment commands end to end
+on scikit-learn's 8x8 digits (tiny presets; the digits feature network trained once with a tiny recipe)."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import trilemma.metrics.features as features_mod
+from trilemma.cli.main import main
+from trilemma.experiments.sharpness import laplacian_variance, sharpness_summary
+
+TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10, "lr": 5e-3}
+
+
+# ------------------------------------------------------------------------------------------ sharpness
+def test_laplacian_variance_matches_scipy_and_its_closed_forms():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 1, 20, 24), dtype=np.uint8)
+    ref = [ndimage.laplace(im[0].astype(np.float64) / 255)[1:-1, 1:-1].var() for im in images]   # interior pixels
+    assert np.allclose(laplacian_variance(images).numpy(), ref)
+    assert laplacian_variance(np.full((2, 3, 9, 9), 77, dtype=np.uint8)).abs().max() < 1e-30   # flat: no detail
+    # i.i.d. pixels of variance s²: Var(∇²x) = (4·1² + 4²) s² = 20 s²
+    noise = rng.integers(0, 256, (1, 1, 400, 400), dtype=np.uint8)
+    s2 = (noise.astype(np.float64) / 255).var()
+    assert laplacian_variance(noise).item() == pytest.approx(20 * s2, rel=0.02)
+    # a colour image counts through its grey levels (the channel mean)
+    rgb = rng.integers(0, 256, (2, 3, 10, 10), dtype=np.uint8)
+    grey = np.round(rgb.astype(np.float64).mean(1, keepdims=True))
+    assert np.allclose(laplacian_variance(rgb).numpy(), laplacian_variance(grey.astype(np.uint8)).numpy(), rtol=0.05)
+
+
+def test_blurring_lowers_the_sharpness():
+    from scipy import ndimage
+
+    from trilemma.data import load_dataset
+
+    images = load_dataset("digits", "test").images[:50]                          # (50, 1, 8, 8) uint8
+    blurred = torch.from_numpy(np.round(ndimage.gaussian_filter(images.numpy().astype(np.float64),
+                                                                sigma=(0, 0, 1, 1))).astype(np.uint8))
+    assert torch.all(laplacian_variance(blurred) < laplacian_variance(images))
+    s = sharpness_summary(images)
+    assert s["n"] == 50 and s["laplacian_var_sem"] > 0
+    with pytest.raises(ValueError, match="uint8"):
+        laplacian_variance(torch.zeros(2, 1, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------ gan-gradients
+def test_gan_gradients_end_to_end(tmp_path, capsys):
+    out = tmp_path / "gg"
+    args = ["experiment", "gan-gradients", "--data", "digits", "--preset", "tiny", "--epochs", "0.25", "0.5",
+            "--d-iters", "30", "--measure-every", "10", "--batch-size", "32", "--fixed-n", "32", "--d-lr", "1e-3",
+            "--out", out, "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    printed = capsys.readouterr()
+    assert "orders of magnitude" in printed.err and "| 0.5 epochs |" in printed.out
+    with open(out / "gradients.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 2 * 4                                                  # iterations 0, 10, 20, 30 per snapshot
+    assert set(table[0]) == {"epochs", "d_iter", "grad_norm_minimax", "grad_norm_nonsaturating", "d_accuracy",
+                             "d_real", "d_fake", "loss_d"}
+    assert all(float(r["grad_norm_minimax"]) > 0 and float(r["grad_norm_nonsaturating"]) > 0 for r in table)
+    for name in ("gradients.png", "gradients_minimax.png", "gradients_nonsaturating.png", "summary.md"):
+        assert (out / name).stat().st_size > 500
+    for snap in ("epoch_0.25", "epoch_0.5"):
+        assert {"config.json", "model.safetensors"} <= {p.name for p in (out / snap).iterdir()}
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["snapshots"]) == {"0.25", "0.5"}
+    for s in summary["snapshots"].values():                                    # the orders of magnitude, by hand
+        mm, ns = s["minimax"], s["nonsaturating"]
+        assert mm["log10_change"] == pytest.approx(math.log10(mm["end"] / mm["start"]))
+        assert s["log10_minimax_over_nonsaturating_end"] == pytest.approx(math.log10(mm["end"] / ns["end"]))
+    from trilemma.experiments.gan_gradients import GanGradientsConfig, read_csv, summarise
+    assert summarise(read_csv(out / "gradients.csv"), GanGradientsConfig())["snapshots"] == summary["snapshots"]
+    # digits: 1617 training images / 32 = 50.5 iterations per epoch; snapshots at 13 and 25 steps of one run
+    assert json.loads((out / "dcgan" / "state" / "trainer.json").read_text())["step"] == 25
+    # a second call reuses the snapshots instead of training again
+    assert main([str(a) for a in args]) == 0
+    assert json.loads((out / "dcgan" / "state" / "trainer.json").read_text())["step"] == 25
+
+
+def test_gan_gradients_bad_epochs_are_one_line_errors(tmp_path, capsys):
+    code = main(["experiment", "gan-gradients", "--data", "digits", "--epochs", "3", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--epochs" in err[0]
+
+
+# ------------------------------------------------------------------------------------------ vae-vs-gan
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trilemma-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRILEMMA_CACHE", str(path))
+    for key, value in TINY_RECIPE.items():
+        mp.setitem(features_mod.DEFAULT_RECIPE, key, value)
+    yield path
+    mp.undo()
+
+
+def test_vae_vs_gan_end_to_end(cache, tmp_path, capsys):
+    out = tmp_path / "vg"
+    args = ["experiment", "vae-vs-gan", "--data", "digits", "--preset", "tiny", "--steps", "5", "--n", "60",
+            "--sharpness-n", "40", "--ddim-steps", "3", "--batch-size", "30", "--out", out, "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    printed = capsys.readouterr().out
+    assert "GAN samples are sharper than VAE samples" in printed and "cover the modes" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"real", "vae", "gan", "ddpm"}
+    for key in ("vae", "gan", "ddpm"):
+        r = results["results"][key]
+        assert r["budget"]["steps"] == 5 and r["sharpness"]["n"] == 40
+        assert r["metrics"]["n"] == 60 and r["metrics"]["quality"]["fid"] is not None
+        assert (out / key / "eval.json").is_file() and (out / f"samples_{key}.png").is_file()
+    assert results["results"]["ddpm"]["metrics"]["speed"]["nfe"] == 3
+    assert results["results"]["gan"]["metrics"]["speed"]["nfe"] == 1
+    real = results["results"]["real"]["sharpness"]
+    assert real["laplacian_var_mean"] > 0 and real["n"] == 40
+    for name in ("report.md", "samples.png", "trilemma.png"):
+        assert (out / name).stat().st_size > 500
+    # given runs are taken, not retrained; a run of the wrong kind is a one-line error
+    code = main([str(a) for a in args[:-3]] + ["--vae", str(out / "gan"), "--out", str(tmp_path / "vg2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "--vae" in err[-1] and "not vae" in err[-1]
