@@ -89,6 +89,7 @@ def test_demo_end_to_end_with_a_tiny_budget(capsys, tmp_path):
     assert out.strip() == str(tmp_path / "demo")             # prints where the run folder is
     assert (tmp_path / "demo" / "samples" / "ddpm_1000.png").exists()
     assert (tmp_path / "demo" / "samples" / "ddim_50.png").exists()
+    assert (tmp_path / "demo" / "samples" / "ddim_50_eta1.png").exists()
     assert (tmp_path / "demo" / "loss.png").exists()
 
 

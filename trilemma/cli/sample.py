@@ -59,7 +59,8 @@ def run(args) -> int:
     images = r.generate(args.n, seed=args.seed, batch_size=args.batch_size, options=options,
                         progress=not args.quiet)
     seconds = time.perf_counter() - t0
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{options.sampler}.png"
+    default_name = f"{options.sampler}.png" if r.reports_steps else f"{r.kind}.png"   # diffusion: by sampler
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out)
     say(f"trilemma: {args.n} images ({r.describe(options)}, {r.nfe(options)} network evaluations each) "

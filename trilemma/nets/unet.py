@@ -72,7 +72,7 @@ def preset(name: str, image_size: int, in_channels: int, **overrides) -> UNetCon
     """
     levels = {"tiny": dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_level=1,
                            num_heads=2, dropout=0.0),
-              "small": dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=2, attn_level=2,
+              "small": dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_level=2,
                             num_heads=4, dropout=0.0),
               "base": dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attn_level=1,
                            num_heads=1, dropout=0.1, scale_shift=False)}   # = DDPM's CIFAR-10 net

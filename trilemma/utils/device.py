@@ -27,3 +27,18 @@ def autocast(device: torch.device, bf16: bool):
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast is likely to be faster than fp32 here: a CUDA GPU with bf16 support,
+    or a CPU with bf16 instructions (AVX512-BF16 or AMX; without them bf16 is emulated and slow)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
