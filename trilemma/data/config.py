@@ -23,6 +23,12 @@ NATIVE_SHAPE: dict[str, tuple[int, int]] = {
     "digits": (8, 1),
 }
 FOLDER_NATIVE_SHAPE: tuple[int, int] = (32, 3)
+# Captioned datasets made by trilemma.text (loaded through load.py): name -> native (image_size, channels).
+TEXT_DATASETS: dict[str, tuple[int, int]] = {
+    "shapes": (32, 3),
+    "fashion-mnist-captions": (28, 1),
+    "mnist-5k-captions": (28, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,9 @@ class DataConfig:
         A folder path also becomes absolute, so a run's ``config.json`` still finds
         the folder when read from another working directory.
         """
-        size, channels = NATIVE_SHAPE.get(self.name, FOLDER_NATIVE_SHAPE)
-        name = self.name if self.is_builtin else os.path.abspath(os.path.expanduser(self.name))
+        size, channels = {**NATIVE_SHAPE, **TEXT_DATASETS}.get(self.name, FOLDER_NATIVE_SHAPE)
+        named = self.is_builtin or self.name in TEXT_DATASETS
+        name = self.name if named else os.path.abspath(os.path.expanduser(self.name))
         return dataclasses.replace(
             self,
             name=name,

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from trilemma.data.builtin import load_builtin
-from trilemma.data.config import BUILTIN_DATASETS, DataConfig
+from trilemma.data.config import BUILTIN_DATASETS, TEXT_DATASETS, DataConfig
 from trilemma.data.dataset import ImageDataset
 from trilemma.data.folder import load_folder
 from trilemma.errors import DataError
@@ -31,9 +31,13 @@ def load_dataset(config: DataConfig | str, split: str = "train", **overrides: An
     config = config.resolved()
     if config.is_builtin:
         return load_builtin(config, split)
+    if config.name in TEXT_DATASETS:
+        from trilemma.text.datasets import load_text_dataset   # captioned datasets for text-to-image
+
+        return load_text_dataset(config, split)
     if not os.path.isdir(config.name):
-        raise DataError(f"unknown dataset {config.name!r}: use one of {', '.join(BUILTIN_DATASETS)}, "
-                        f"or a folder of images")
+        raise DataError(f"unknown dataset {config.name!r}: use one of "
+                        f"{', '.join((*BUILTIN_DATASETS, *TEXT_DATASETS))}, or a folder of images")
     return load_folder(config, split)
 
 

@@ -301,7 +301,8 @@ def canonical_data_config(data_config):
 
     The feature network and the real statistics depend on *which images* a dataset
     holds, not on how a generator augments them, so a run trained with flips is
-    scored by the same network as one trained without.
+    scored by the same network as one trained without; likewise a captioned copy
+    of a dataset (``fashion-mnist-captions``) is scored as the dataset itself.
     """
     import dataclasses
 
@@ -309,7 +310,10 @@ def canonical_data_config(data_config):
 
     if isinstance(data_config, str):
         data_config = DataConfig(data_config)
-    return dataclasses.replace(data_config.resolved(), hflip=False)
+    config = dataclasses.replace(data_config.resolved(), hflip=False)
+    # Captioned versions of a dataset hold the same images: score them with the source's network.
+    source = {"fashion-mnist-captions": "fashion-mnist", "mnist-5k-captions": "mnist-5k"}.get(config.name)
+    return dataclasses.replace(config, name=source) if source else config
 
 
 def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,

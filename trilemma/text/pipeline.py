@@ -1,0 +1,191 @@
+"""A trained text-to-image model: a diffusion run whose conditioning is a prompt (METHODS.md §8).
+
+    τ(y) = frozen text encoder (:mod:`trilemma.text.encoder`), per-token states + padding mask
+    ε_θ(x_t, t, τ(y))            the U-Net, with cross-attention to τ(y) in its transformer blocks
+    ε̃ = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, y) − ε_θ(x_t, t, ∅))     classifier-free guidance
+
+:class:`TextDiffusionRun` *is* a :class:`~trilemma.diffusion.pipeline.DiffusionRun`: same
+schedule, samplers and :class:`~trilemma.diffusion.denoiser.Denoiser` (which batches the
+conditional and unconditional halves); it only overrides :meth:`conditioning` (encode
+``options.prompt``, and ``options.negative`` in place of ∅) and :meth:`decode`.
+
+Where diffusion happens (``config.json["text"]`` and ``["autoencoder"]``):
+
+- **pixels**, optionally in p × p patches (``patch``): the U-Net sees the image
+  rearranged space-to-depth, (C, H, W) → (C·p², H/p, W/p) (``pixel_unshuffle``). This is
+  a permutation of the pixels, so the forward process, the loss and the samplers are exactly
+  those of pixel space; only the network works at 1/p the resolution (≈3× faster on a CPU
+  for p = 2, as patch embeddings in U-ViT / DiT / Simple Diffusion);
+- **latents** of an autoencoder run (``--autoencoder RUN_AE``, :mod:`trilemma.latent`):
+  z = s · μ_φ(x), decoded by D(z / s); the run keeps its own copy in ``RUN/autoencoder/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from trilemma.config import from_dict
+from trilemma.diffusion.pipeline import DiffusionRun
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.runs import SampleOptions
+from trilemma.text.encoder import DEFAULT_ENCODER, MAX_LENGTH, TextEncoder, get_encoder
+
+AUTOENCODER_DIR = "autoencoder"
+
+
+@dataclass(frozen=True)
+class T2IConfig:
+    """The ``"text"`` section of a t2i run's config.json."""
+
+    encoder: str = DEFAULT_ENCODER      # "all-MiniLM-L6-v2" (the PyPI package) or a local HF folder path
+    max_length: int = MAX_LENGTH        # tokens kept per prompt
+    patch: int = 1                      # pixel space: U-Net on p×p patches (space-to-depth); 1 = plain pixels
+
+    def __post_init__(self):
+        if self.patch < 1:
+            raise TrilemmaError(f"--patch: must be >= 1, got {self.patch}")
+        if self.max_length < 2:
+            raise TrilemmaError(f"max_length: must be >= 2 tokens, got {self.max_length}")
+
+
+class PixelSpace:
+    """Pixels in p × p patches: x (B, C, H, W) ↔ z (B, C·p², H/p, W/p), exactly invertible."""
+
+    def __init__(self, patch: int):
+        self.patch = patch
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(z, self.patch) if self.patch > 1 else z
+
+    def describe(self) -> str:
+        return "pixels" if self.patch == 1 else f"pixels in {self.patch}×{self.patch} patches"
+
+
+def pixel_shape(image_size: int, channels: int, patch: int) -> tuple[int, int, int]:
+    """Shape (C·p², H/p, W/p) the U-Net sees in pixel space."""
+    if image_size % patch:
+        raise TrilemmaError(f"--patch {patch}: the image size {image_size} is not a multiple of it")
+    return channels * patch * patch, image_size // patch, image_size // patch
+
+
+def load_space(path: Path, config: dict[str, Any], text: T2IConfig, device: torch.device):
+    """The run's PixelSpace, or its autoencoder (checked against the SHA-256 in config.json)."""
+    if not config.get("autoencoder"):
+        return PixelSpace(text.patch)
+    from trilemma.latent.run import AutoencoderRun, file_digest
+    from trilemma.runs import read_run_config
+
+    ae_dir = path / AUTOENCODER_DIR
+    if not (ae_dir / "config.json").is_file():
+        raise RunError(f"{path}: its copy of the autoencoder ({ae_dir}) is missing; the run cannot decode")
+    ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
+    if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
+        raise RunError(f"{ae.weights_path}: not the autoencoder this run was trained with (SHA-256 differs)")
+    return ae
+
+
+def prompt_list(prompt: str | Sequence[str] | None, n: int) -> list[str]:
+    """``n`` prompts from one prompt, a sequence of exactly n, or None (∅)."""
+    if prompt is None:
+        return [""] * n
+    if isinstance(prompt, str):
+        return [prompt] * n
+    prompts = list(prompt)
+    if len(prompts) != n:
+        raise TrilemmaError(f"got {len(prompts)} prompts for a batch of {n} images")
+    if not all(isinstance(p, str) for p in prompts):
+        raise TrilemmaError("prompts must be strings")
+    return prompts
+
+
+def text_conditioning(encoder: TextEncoder, prompts: Sequence[str], negative: str | None,
+                      device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(cond, uncond) network inputs: τ(prompts), and τ(negative) — ∅ = τ("") by default — for each image.
+
+    Both are padded to the same length, so the Denoiser can batch them together.
+    """
+    n = len(prompts)
+    context, mask = encoder.encode([*prompts, negative or ""])                  # (n + 1, L, D), (n + 1, L)
+    context, mask = context.to(device), mask.to(device)
+    cond = {"context": context[:n], "context_mask": mask[:n]}
+    uncond = {"context": context[n:].expand(n, -1, -1), "context_mask": mask[n:].expand(n, -1)}
+    return cond, uncond
+
+
+class TextDiffusionRun(DiffusionRun):
+    """A text-to-image run folder (kind "t2i"), loaded for sampling and editing.
+
+    ``options.prompt`` is one prompt for the whole batch, a sequence with one prompt per image,
+    or ``None``: then each image gets a caption drawn (with the sampling generator) from the
+    run's dataset (its test split), so ``trilemma sample`` / ``eval`` see the caption distribution.
+    ``options.negative`` replaces ∅ in guidance.
+    """
+
+    kind = "t2i"
+
+    def __init__(self, path: Path, config: dict[str, Any], device: torch.device, weights: str = "auto"):
+        super().__init__(path, config, device, weights)
+        where = f"{path}/config.json"
+        self.text = from_dict(T2IConfig, config["text"], where)
+        if self.unet_config.context_dim <= 0:
+            raise RunError(f"{where}: a t2i run's U-Net needs context_dim > 0")
+        self.space = load_space(self.path, config, self.text, device)
+        self._captions: list[str] | None = None
+
+    @property
+    def encoder(self) -> TextEncoder:
+        return get_encoder(self.text.encoder, "cpu", self.text.max_length)   # prompts are cached; CPU is enough
+
+    # ------------------------------------------------------------------ hooks of DiffusionRun
+    def decode(self, x_0: torch.Tensor) -> torch.Tensor:
+        return self.space.decode(x_0)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, C, H, W) → the diffused variable (patches or scaled latents)."""
+        return self.space.encode(images.to(self.device))
+
+    def conditioning(self, n: int, options: SampleOptions) -> tuple[dict, dict]:
+        if options.label is not None:
+            raise TrilemmaError("--label: a text-to-image run takes a prompt, not a class label")
+        return text_conditioning(self.encoder, prompt_list(options.prompt, n), options.negative, self.device)
+
+    def dataset_captions(self) -> list[str]:
+        """The captions prompts are drawn from when none is given: the test split's (else the train split's)."""
+        if self._captions is None:
+            from trilemma.data import load_dataset
+            from trilemma.errors import DataError
+
+            try:
+                dataset = load_dataset(self.data_config, "test")
+            except DataError:
+                dataset = load_dataset(self.data_config, "train")
+            captions = [c for c in dataset.captions or [] if c.strip()]
+            if not captions:
+                raise RunError(f"{self.path}: its dataset has no captions to draw prompts from; give a prompt")
+            self._captions = captions
+        return self._captions
+
+    def sample_batch(self, n: int, generator: torch.Generator, options: SampleOptions, **kwargs):
+        if options.prompt is None:
+            captions = self.dataset_captions()
+            idx = torch.randint(len(captions), (n,), generator=generator, device=generator.device).tolist()
+            options = dataclasses.replace(options, prompt=tuple(captions[i] for i in idx))
+        return super().sample_batch(n, generator, options, **kwargs)
+
+    def nfe(self, options: SampleOptions) -> int:
+        return self.steps_per_batch(options) * (1 if options.guidance == 1.0 else 2)
+
+    def describe(self, options: SampleOptions) -> str:
+        where = self.space.describe() if isinstance(self.space, PixelSpace) else "autoencoder latents"
+        prompt = "dataset captions" if options.prompt is None else (
+            repr(options.prompt) if isinstance(options.prompt, str) else f"{len(options.prompt)} prompts")
+        return f"{super().describe(options)} on {where}, guidance w={options.guidance:g}, {prompt}"
