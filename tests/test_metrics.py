@@ -482,3 +482,16 @@ def test_evaluate_run_flags_a_copying_generator_and_times_it(digits, digits_net,
     assert torch.equal(images, run.generate(250, seed=3, batch_size=100))
     assert result["source"]["kind"] == "run" and result["source"]["run_kind"] == "gan"
     assert result["timing"]["sample_s"] is not None
+
+
+def test_a_small_evaluation_times_batches_of_its_own_size(digits, tmp_path):
+    from trilemma.metrics.speed import generate_timed
+
+    run = CopyingRun(digits, tmp_path)
+    sizes = []
+    sample_batch = run.sample_batch
+    run.sample_batch = lambda b, g, o: sizes.append(b) or sample_batch(b, g, o)
+    images, speed = generate_timed(run, 12, None, batch_size=256, progress=False, fallback_batches=3)
+    assert images.shape[0] == 12
+    assert sizes == [12, 12, 12, 12]                 # the kept batch, then 3 timed ones of the same size
+    assert speed["batch_size"] == 12 and speed["timed_batches"] == 3

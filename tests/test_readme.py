@@ -4,12 +4,9 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from trilemma.cli.main import main
+from trilemma.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -30,7 +27,7 @@ def trilemma_commands():
 
 
 def lighten(args, budget):
-    """Make a README command cheap: tiny preset, --minutes -> a few --steps, at most 4 images."""
+    """Make a README command cheap: tiny preset, --minutes -> a few --steps, at most 12 images."""
     args = list(args)
     out = []
     i = 0
@@ -45,13 +42,23 @@ def lighten(args, budget):
             i += 2
             continue
         if a == "--n":
-            out += ["--n", str(min(int(args[i + 1]), 4))]
+            out += ["--n", str(min(int(args[i + 1]), 12))]      # metrics need >= 10 images
             i += 2
             continue
         out.append(a)
         i += 1
-    if out[:2] == ["train", "ddpm"] and "--resume" not in out:
+    if out[0] == "train" and "--resume" not in out and "--preset" not in out:
+        out += ["--preset", "tiny"]
+    if out[:2] == ["train", "autoencoder"] and "--eval-n" not in out:
+        out += ["--eval-n", "12"]                                 # reconstruction metrics on 12 test images
+    if out[0] == "train" and "--resume" not in out and "--batch-size" not in out:
         out += ["--batch-size", "8"]
+    if out[0] == "train" and "--batch-size" in out:
+        out[out.index("--batch-size") + 1] = "8"
+    if out[0] == "sample" and "ddpm" in out and "--steps" not in out:
+        out += ["--steps", "20"]                                  # respaced DDPM
+    if out[0] == "compare" and "--n" not in out:
+        out += ["--n", "12"]
     return out
 
 
@@ -76,11 +83,31 @@ def test_demo_script_runs_end_to_end(tmp_path):
 
 
 def test_every_readme_cli_command_runs(tmp_path, monkeypatch):
+    """Runs them in README order in one folder (later commands use the runs of earlier ones).
+
+    The experiments are only parsed here: each takes tens of minutes by design, and
+    tests/test_experiments.py runs them end to end with tiny settings.
+    """
+    import trilemma.metrics.features as features
+
+    from trilemma.utils.paths import cache_dir
+
+    text_cache = cache_dir("text").resolve()                      # prompt embeddings are shared: they are the encoder's
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "text").symlink_to(text_cache, target_is_directory=True)
+    for key, value in {"steps": 30, "width": 8, "feature_dim": 32}.items():   # a quick feature network
+        monkeypatch.setitem(features.DEFAULT_RECIPE, key, value)
     budget = iter(range(2, 100))
     commands = trilemma_commands()
-    assert len(commands) >= 5
+    assert len(commands) >= 20
+    parser = build_parser()
     for args in commands:
+        if args[0] == "experiment":
+            parsed = parser.parse_args(args)
+            assert callable(parsed.func)
+            continue
         light = lighten(args, budget)
         try:
             code = main(light)
@@ -96,3 +123,19 @@ def test_readme_python_api_runs(tmp_path, monkeypatch):
     assert light != block
     exec(compile(light, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "api" / "grid.png").exists()
+
+
+def test_every_relative_link_in_the_docs_points_at_a_file():
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "bench" / "README.md",
+             *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        if not page.exists():
+            continue
+        for link in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            target = (page.parent / link).resolve()
+            if target.is_relative_to(ROOT) and not target.exists():   # ../shared/... lives beside the repo
+                broken.append(f"{page.relative_to(ROOT)} -> {link}")
+    assert not broken, broken

@@ -66,7 +66,8 @@ def run(args) -> int:
         path = out / "samples" / f"{name}.png"
         save_grid(images, path)
         written.append(path)
-        say(f"trilemma: {run_.describe(options)}, η={options.eta:g}: {n} images in "
+        eta = f", η={options.eta:g}" if options.sampler == "ddim" else ""
+        say(f"trilemma: {run_.describe(options)}{eta}: {n} images in "
             f"{time.perf_counter() - s0:.0f} s -> {path}")
     total = time.perf_counter() - t0
     say(f"trilemma: demo done in {total / 60:.1f} min (training {train_s / 60:.1f} min, {result.step} steps, "

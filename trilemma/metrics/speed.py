@@ -156,7 +156,9 @@ def generate_timed(run, n: int, options, *, seed: int = 0, batch_size: int = 256
     the same generator (``run.generator(seed)``) drawn through the same batches.
     Every full batch after the first (the warm-up) is timed, so measuring speed
     costs nothing extra; a sample too small for that (``n < 2 * batch_size``) is
-    followed by ``fallback_batches`` timed batches, drawn after the kept images.
+    followed by ``fallback_batches`` timed batches of ``min(n, batch_size)`` images,
+    drawn after the kept images (a 12-image evaluation does not sample 768 to time
+    itself; ``speed["batch_size"]`` records the size timed).
     ``images``: uint8 ``(n, C, H, W)`` on the CPU. ``speed``: ``nfe`` plus
     :func:`time_sampler`'s fields.
     """
@@ -182,6 +184,7 @@ def generate_timed(run, n: int, options, *, seed: int = 0, batch_size: int = 256
     if seconds:
         speed = timing_result(batch_size, seconds, 1, memory, device)
     else:
-        speed = time_sampler(lambda: run.sample_batch(batch_size, generator, options), batch_size,
+        timed = min(n, batch_size)
+        speed = time_sampler(lambda: run.sample_batch(timed, generator, options), timed,
                              device, warmup=0, repeats=fallback_batches)
     return images, {"nfe": nfe, **speed}

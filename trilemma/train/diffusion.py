@@ -18,11 +18,10 @@ from trilemma import __version__
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.diffusion.losses import diffusion_loss
-from trilemma.diffusion.pipeline import DiffusionConfig, DiffusionRun
+from trilemma.diffusion.pipeline import DiffusionConfig
 from trilemma.diffusion.schedule import ScheduleConfig, make_schedule
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters, preset as unet_preset
-from trilemma.runs import SampleOptions
 from trilemma.train.common import TrainConfig
 from trilemma.train.loop import FitResult, fit
 from trilemma.utils.device import pick_device
@@ -62,6 +61,19 @@ def with_budget(train: dict[str, Any], steps: int | None, minutes: float | None)
     return {**train, "steps": steps, "minutes": minutes}
 
 
+def resume_config(out: Path, kind: str, steps: int | None, minutes: float | None,
+                  drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config of the ``kind`` run in ``out``, with a new budget (and ``drop`` keys removed), written back."""
+    config = prepare_run_dir(out, True, None)
+    if config.get("kind") != kind:
+        raise RunError(f"--resume: {out} is a {config.get('kind')!r} run, not {kind}")
+    config["train"] = with_budget(config["train"], steps, minutes)
+    for key in drop:
+        config.pop(key, None)
+    write_json(Path(out) / "config.json", config)
+    return config
+
+
 def train_ddpm(out: str | os.PathLike, data: str | DataConfig = "fashion-mnist", preset: str = "small", *,
                steps: int | None = None, minutes: float | None = None, batch_size: int = 128,
                lr: float = 1e-3, schedule: str | ScheduleConfig = "linear", prediction: str = "eps",
@@ -72,11 +84,7 @@ def train_ddpm(out: str | os.PathLike, data: str | DataConfig = "fashion-mnist",
     out = Path(out)
     if resume:
         dataset = None
-        config = prepare_run_dir(out, True, None)
-        if config.get("kind") != "ddpm":
-            raise RunError(f"--resume: {out} is a {config.get('kind')!r} run, not ddpm")
-        config["train"] = with_budget(config["train"], steps, minutes)
-        write_json(out / "config.json", config)
+        config = resume_config(out, "ddpm", steps, minutes)
     else:
         data_config = data if isinstance(data, DataConfig) else DataConfig(name=data, **(data_overrides or {}))
         data_config = data_config.resolved()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from trilemma import __version__
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
-from trilemma.errors import RunError, TrilemmaError
+from trilemma.errors import TrilemmaError
 from trilemma.gan.algorithm import algorithm1_iteration
 from trilemma.gan.config import DCGANConfig, GANConfig, preset as gan_preset
 from trilemma.gan.losses import GENERATOR_COSTS
@@ -36,10 +36,9 @@ from trilemma.gan.networks import Discriminator, Generator
 from trilemma.nets.unet import count_parameters
 from trilemma.train.common import (EMA, Budget, Checkpoint, EpochSampler, Interrupt, MetricsLog, TrainConfig,
                                    ema_decay_at, format_eta, lr_at)
-from trilemma.train.diffusion import prepare_run_dir, with_budget
+from trilemma.train.diffusion import prepare_run_dir, resume_config
 from trilemma.train.loop import FitResult
 from trilemma.utils.device import pick_device
-from trilemma.utils.io import write_json
 from trilemma.viz import plot_losses, save_grid
 
 PREVIEW_N = 64
@@ -61,11 +60,7 @@ def train_gan(out: str | os.PathLike, data: str | DataConfig = "fashion-mnist", 
     out = Path(out)
     if resume:
         dataset = None
-        config = prepare_run_dir(out, True, None)
-        if config.get("kind") != "gan":
-            raise RunError(f"--resume: {out} is a {config.get('kind')!r} run, not gan")
-        config["train"] = with_budget(config["train"], steps, minutes)
-        write_json(out / "config.json", config)
+        config = resume_config(out, "gan", steps, minutes)
     else:
         data_config = data if isinstance(data, DataConfig) else DataConfig(name=data, **(data_overrides or {}))
         data_config = data_config.resolved()

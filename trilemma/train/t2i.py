@@ -31,16 +31,15 @@ from trilemma.diffusion.losses import diffusion_loss
 from trilemma.diffusion.pipeline import DiffusionConfig
 from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps
 from trilemma.diffusion.schedule import ScheduleConfig, make_schedule
-from trilemma.errors import RunError, TrilemmaError
+from trilemma.errors import TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.text.datasets import require_captions
 from trilemma.text.encoder import TextEncoder, get_encoder, pad_tokens
 from trilemma.text.pipeline import AUTOENCODER_DIR, PixelSpace, T2IConfig, load_space, pixel_shape
 from trilemma.train.common import TrainConfig
-from trilemma.train.diffusion import prepare_run_dir, with_budget
+from trilemma.train.diffusion import prepare_run_dir, resume_config
 from trilemma.train.loop import FitResult, fit
 from trilemma.utils.device import pick_device
-from trilemma.utils.io import write_json
 from trilemma.viz import save_grid
 
 PREVIEW_PROMPTS = 8     # distinct test captions in the preview grid (one row each)
@@ -91,11 +90,7 @@ def train_t2i(out: str | os.PathLike, data: str | DataConfig = "shapes", preset:
     if resume:
         if autoencoder is not None or text_encoder is not None:
             raise TrilemmaError("--autoencoder/--text-encoder: not with --resume (the run keeps its own)")
-        config = prepare_run_dir(out, True, None)
-        if config.get("kind") != "t2i":
-            raise RunError(f"--resume: {out} is a {config.get('kind')!r} run, not t2i")
-        config["train"] = with_budget(config["train"], steps, minutes)
-        write_json(out / "config.json", config)
+        config = resume_config(out, "t2i", steps, minutes)
         return fit_t2i(out, config, resume=True, progress=progress)
 
     overrides = {k: v for k, v in (data_overrides or {}).items() if v is not None}

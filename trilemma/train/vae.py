@@ -20,10 +20,9 @@ import torch
 from trilemma import __version__
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
-from trilemma.errors import RunError
 from trilemma.nets.unet import count_parameters
 from trilemma.train.common import TrainConfig
-from trilemma.train.diffusion import prepare_run_dir, with_budget
+from trilemma.train.diffusion import prepare_run_dir, resume_config
 from trilemma.train.loop import FitResult, fit
 from trilemma.utils.device import pick_device
 from trilemma.utils.io import write_json
@@ -53,11 +52,7 @@ def train_vae(out: str | os.PathLike, data: str | DataConfig = "fashion-mnist", 
     out = Path(out)
     if resume:
         dataset = None
-        config = prepare_run_dir(out, True, None)
-        if config.get("kind") != "vae":
-            raise RunError(f"--resume: {out} is a {config.get('kind')!r} run, not vae")
-        config["train"] = with_budget(config["train"], steps, minutes)
-        write_json(out / "config.json", config)
+        config = resume_config(out, "vae", steps, minutes)
     else:
         data_config = data if isinstance(data, DataConfig) else DataConfig(name=data, **(data_overrides or {}))
         data_config = data_config.resolved()
