@@ -163,3 +163,13 @@ def test_eval_a_run_then_compare_reuses_its_eval_json(cache, ddpm_run, samples, 
     assert "| ddpm | ddim 3 steps | 40 |" in table
     assert "different sample counts" in table  # 40 vs 150 images: flagged
     assert (out_dir / "trilemma.png").is_file()
+
+
+def test_compare_names_the_sampler_only_where_one_applies():
+    from trilemma.cli.compare import sampling_text
+
+    ddim = {"sampler": "ddim", "steps": 50}
+    assert sampling_text({"source": {"kind": "run", "run_kind": "ddpm", "sampling": ddim}}) == "ddim 50 steps"
+    assert sampling_text({"source": {"kind": "run", "run_kind": "gan", "sampling": ddim}}) == "G(z), 1 pass"
+    assert sampling_text({"source": {"kind": "run", "run_kind": "vae", "sampling": ddim}}) == "decoder, 1 pass"
+    assert sampling_text({"source": {"kind": "images"}}) == "images"

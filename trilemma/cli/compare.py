@@ -114,10 +114,16 @@ def cell(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+ONE_PASS = {"vae": "decoder, 1 pass", "gan": "G(z), 1 pass", "autoencoder": "decoder of N(0, I)"}
+
+
 def sampling_text(result: dict) -> str:
     src = result.get("source", {})
     if src.get("kind") != "run":
         return src.get("kind", "")
+    one_pass = ONE_PASS.get(src.get("run_kind", ""))
+    if one_pass:                                   # no sampler options apply to these generators
+        return one_pass
     sampling = src.get("sampling") or {}
     parts = [str(sampling.get("sampler") or "")]
     if sampling.get("steps"):
