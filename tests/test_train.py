@@ -59,29 +59,31 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+def fit_digits(out, steps, resume=False, preview=None, **train_options):
+    """``train.loop.fit`` on 32 digits with a tiny U-Net (same initial weights every time)."""
     images = load_dataset("digits", "train").batch(torch.arange(32))[0]
     schedule = make_schedule("linear", T=100)
+    torch.manual_seed(123)
+    train = TrainConfig(steps=steps, batch_size=8, lr=1e-3, log_every=1, sample_every=1, checkpoint_every=100,
+                        device="cpu", **train_options)
+    return fit(out, model=UNet(preset("tiny", 8, 1)), num_examples=32,
+               batch_fn=lambda idx, g: (images[idx], {}),
+               loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+               train=train, device=torch.device("cpu"), preview=preview, resume=resume, progress=False)
 
-    def run(out, steps, resume=False, preview=None):
-        torch.manual_seed(123)                      # same initial weights for every run
-        train = TrainConfig(steps=steps, batch_size=8, lr=1e-3, log_every=1, sample_every=1, checkpoint_every=100,
-                            device="cpu")
-        return fit(out, model=UNet(preset("tiny", 8, 1)), num_examples=32,
-                   batch_fn=lambda idx, g: (images[idx], {}),
-                   loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
-                   train=train, device=torch.device("cpu"), preview=preview, resume=resume, progress=False)
 
-    def press_ctrl_c_at_step_3(ema_model, step):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+def press_ctrl_c_at_step_3(ema_model, step):
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGINT)
 
-    result = run(tmp_path / "a", 8, preview=press_ctrl_c_at_step_3)
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    result = fit_digits(tmp_path / "a", 8, preview=press_ctrl_c_at_step_3)
     assert result.interrupted and result.step == 3          # the step finished, then it stopped
     assert json.loads((tmp_path / "a" / "state" / "trainer.json").read_text())["step"] == 3
-    result = run(tmp_path / "a", 8, resume=True)
+    result = fit_digits(tmp_path / "a", 8, resume=True)
     assert result.step == 8 and not result.interrupted
-    run(tmp_path / "b", 8)
+    fit_digits(tmp_path / "b", 8)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
 
@@ -142,3 +144,23 @@ def test_lr_warmup_is_linear_then_constant():
     assert lr_at(4, 1e-3, 10) == pytest.approx(5e-4)
     assert lr_at(9, 1e-3, 10) == pytest.approx(1e-3)
     assert lr_at(500, 1e-3, 10) == pytest.approx(1e-3)
+
+
+def test_cosine_decay_follows_the_budget_and_resumes_exactly(tmp_path):
+    import math
+
+    assert lr_at(500, 1e-3, 10, "cosine", 0.0) == pytest.approx(1e-3)
+    assert lr_at(500, 1e-3, 10, "cosine", 0.5) == pytest.approx(0.5e-3)
+    assert lr_at(500, 1e-3, 10, "cosine", 0.25) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(500, 1e-3, 10, "cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(4, 1e-3, 10, "cosine", 0.5) == pytest.approx(0.25e-3)       # warm-up × decay
+    with pytest.raises(TrilemmaError, match="--lr-decay"):
+        TrainConfig(steps=1, lr_decay="linear")
+    fit_digits(tmp_path / "straight", 10, warmup_steps=0, lr_decay="cosine")
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(10)])
+    # interrupted at step 3 of the same 10-step budget, then resumed: the same schedule, the same losses
+    assert fit_digits(tmp_path / "split", 10, preview=press_ctrl_c_at_step_3, warmup_steps=0,
+                      lr_decay="cosine").interrupted
+    fit_digits(tmp_path / "split", 10, resume=True, warmup_steps=0, lr_decay="cosine")
+    assert losses(tmp_path / "split") == losses(tmp_path / "straight")

@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast while training (auto: when the hardware has native bf16)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--lr-decay", choices=("constant", "cosine"), default="constant",
+                   help="learning rate after warm-up: constant, or cosine to 0 at the end of the budget")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     p.set_defaults(func=run)
 
@@ -51,7 +53,7 @@ def run(args) -> int:
     result = train_ddpm(out, data=args.data, preset=args.preset, steps=args.steps, minutes=minutes,
                         batch_size=args.batch_size, lr=1e-3, resume=args.resume,
                         train_overrides=dict(seed=args.seed, bf16=bf16, device=args.device,
-                                             sample_every=500, warmup_steps=100))
+                                             sample_every=500, warmup_steps=100, lr_decay=args.lr_decay))
     if result.interrupted:
         say(f"trilemma: interrupted; continue with: trilemma demo --out {out} --resume")
         return 130

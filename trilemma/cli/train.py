@@ -26,6 +26,8 @@ def add_common_train_args(p: argparse.ArgumentParser, *, default_preset: str = "
     p.add_argument("--batch-size", type=positive_int, default=default_batch)
     p.add_argument("--lr", type=positive_float, default=default_lr, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--lr-decay", choices=("constant", "cosine"), default="constant",
+                   help="after warm-up: constant, or cosine to 0 at the end of the --steps/--minutes budget")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0 = off)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +41,7 @@ def add_common_train_args(p: argparse.ArgumentParser, *, default_preset: str = "
 
 
 def train_overrides(args) -> dict:
-    return dict(warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+    return dict(warmup_steps=args.warmup_steps, lr_decay=args.lr_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
                 seed=args.seed, log_every=args.log_every, sample_every=args.sample_every,
                 checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device)
 

@@ -186,7 +186,7 @@ def fit_with_disc(run_dir: Path, *, model: Autoencoder, disc: PatchDiscriminator
             x, _ = batch_fn(sampler.next(), data_gen)
             for o in (opt, opt_d):
                 for group in o.param_groups:
-                    group["lr"] = lr_at(step, train.lr, train.warmup_steps)
+                    group["lr"] = lr_at(step, train.lr, train.warmup_steps, train.lr_decay, budget.progress(step))
             adversarial = step >= objective.disc_start
             # --- autoencoder step
             with autocast(device, train.bf16):

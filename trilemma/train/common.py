@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-4                  # peak learning rate (AdamW)
     warmup_steps: int = 100           # linear LR warm-up
+    lr_decay: str = "constant"        # after warm-up: "constant" or "cosine" (to 0 at the end of the budget)
     weight_decay: float = 0.0
     grad_clip: float = 1.0            # max global gradient norm (0 = off)
     ema_decay: float = 0.999          # EMA of the weights, used for sampling
@@ -66,15 +67,26 @@ class TrainConfig:
             raise TrilemmaError(f"--batch-size: must be a positive integer, got {self.batch_size}")
         if not self.lr > 0:
             raise TrilemmaError(f"--lr: must be > 0, got {self.lr}")
+        if self.lr_decay not in LR_DECAYS:
+            raise TrilemmaError(f"--lr-decay: must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
         if not 0 <= self.ema_decay < 1:
             raise TrilemmaError(f"--ema-decay: must be in [0, 1), got {self.ema_decay}")
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then constant (Ho et al. 2020)."""
-    if warmup_steps <= 0:
-        return base_lr
-    return base_lr * min(1.0, (step + 1) / warmup_steps)
+LR_DECAYS = ("constant", "cosine")
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, decay: str = "constant",
+          progress: float = 0.0) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then constant (Ho et al. 2020) or cosine.
+
+    ``progress`` ∈ [0, 1] is the share of the budget spent (steps, or wall-clock time with
+    ``--minutes``); the cosine decay is base_lr · ½(1 + cos(π·progress)), reaching 0 at the end.
+    """
+    lr = base_lr if warmup_steps <= 0 else base_lr * min(1.0, (step + 1) / warmup_steps)
+    if decay == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return lr
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -109,6 +121,12 @@ class Budget:
     @property
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
+
+    def progress(self, step: int) -> float:
+        """The share of the budget spent before ``step`` (for learning-rate decay)."""
+        if self.steps is not None:
+            return step / self.steps
+        return min(self.elapsed / self.seconds, 1.0)
 
     def done(self, step: int) -> bool:
         if self.steps is not None:

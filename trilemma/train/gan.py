@@ -146,7 +146,7 @@ def fit_gan(out: Path, config: dict[str, Any], resume: bool, progress: bool = Tr
         while not budget.done(step) and not interrupt.requested:
             for opt in (opt_g, opt_d):
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, train.lr, train.warmup_steps)
+                    group["lr"] = lr_at(step, train.lr, train.warmup_steps, train.lr_decay, budget.progress(step))
             last = algorithm1_iteration(G, D, opt_g, opt_d, real_batch=real_batch, noise=noise, k=gan.k,
                                         generator_cost=cost, grad_clip=train.grad_clip)
             if not (math.isfinite(last["loss_d"]) and math.isfinite(last["loss_g"])):

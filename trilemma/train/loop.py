@@ -84,7 +84,7 @@ def fit(run_dir: Path, *, model: nn.Module, num_examples: int, batch_fn: BatchFn
         while not budget.done(step) and not interrupt.requested:
             x, cond = batch_fn(sampler.next(), data_gen)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, train.lr, train.warmup_steps)
+                group["lr"] = lr_at(step, train.lr, train.warmup_steps, train.lr_decay, budget.progress(step))
             with autocast(device, train.bf16):
                 terms = loss_fn(model, x, cond, noise_gen)
             loss = terms["loss"].float().mean()
