@@ -10,24 +10,7 @@ import pytest
 from PIL import Image
 
 from trilemma.cli.main import main
-
-
-def cli(capsys, *args):
-    """Run `trilemma ARGS` in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:                       # argparse errors and --help
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, *words):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
+from clihelpers import cli, one_line_error
 
 
 @pytest.fixture(scope="module")

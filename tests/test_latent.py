@@ -32,6 +32,7 @@ from trilemma.runs import SampleOptions, load_run
 from trilemma.train.autoencoder import train_autoencoder
 from trilemma.train.ldm import train_ldm
 from trilemma.vae import gaussian_kl
+from clihelpers import cli, one_line_error
 
 TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10, "lr": 5e-3}
 CPU = dict(device="cpu", log_every=1, checkpoint_every=100)
@@ -267,22 +268,6 @@ def test_resume_is_exact_with_and_without_the_discriminator(cache, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI, end to end
-def cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err, *words):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-
-
 def test_two_phases_end_to_end_from_the_cli(cache, tmp_path, capsys):
     ae, ldm = tmp_path / "ae", tmp_path / "ldm"
     code, _, err = cli(capsys, "train", "autoencoder", "--data", "digits", "--factor", 2, "--preset", "tiny",

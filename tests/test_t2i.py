@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from trilemma.cli.main import main
 from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.errors import TrilemmaError
@@ -17,6 +16,7 @@ from trilemma.text.edit import edit_images, edit_timesteps
 from trilemma.text.pipeline import TextDiffusionRun
 from trilemma.train import t2i
 from trilemma.utils.io import load_tensors
+from clihelpers import cli, one_line_error
 
 TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progress=False)
 
@@ -48,22 +48,6 @@ def randomised(run: TextDiffusionRun) -> TextDiffusionRun:
     for p in run.model.parameters():
         p.data.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return run
-
-
-def cli(capsys, *args):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err, *words):
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 # ----------------------------------------------------------------------------- training

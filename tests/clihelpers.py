@@ -1,0 +1,22 @@
+"""Helpers shared by the command-line tests."""
+
+from trilemma.cli.main import main
+
+
+def cli(capsys, *args):
+    """Run `trilemma ARGS` in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:                       # argparse errors and --help
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str, *words):
+    """``err`` is exactly one line that says "error", has no traceback and contains every word."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
