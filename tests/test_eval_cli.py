@@ -173,3 +173,13 @@ def test_compare_names_the_sampler_only_where_one_applies():
     assert sampling_text({"source": {"kind": "run", "run_kind": "gan", "sampling": ddim}}) == "G(z), 1 pass"
     assert sampling_text({"source": {"kind": "run", "run_kind": "vae", "sampling": ddim}}) == "decoder, 1 pass"
     assert sampling_text({"source": {"kind": "images"}}) == "images"
+
+
+def test_compare_labels_a_json_of_a_run_by_the_run(tmp_path):
+    from trilemma.cli.compare import label_for
+
+    f = tmp_path / "ddim50.json"
+    f.write_text("{}")
+    assert label_for(str(f), {"source": {"kind": "run", "path": "runs/demo"}}) == "demo"
+    assert label_for(str(f), {"source": {"kind": "images", "path": "x.npz"}}) == "ddim50"
+    assert label_for(str(tmp_path)) == tmp_path.name

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from trilemma.utils.io import write_json
 
-    rows = [(label_for(item), load_result(item, args)) for item in args.items]
+    rows = [(label_for(item, result), result) for item in args.items for result in [load_result(item, args)]]
     rows = unique_labels(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,12 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def label_for(item: str) -> str:
+def label_for(item: str, result: dict | None = None) -> str:
+    """A run folder's name; for a JSON file, the name of the run it scored (else the file's stem)."""
     p = Path(item)
+    source = (result or {}).get("source", {})
+    if p.is_file() and source.get("kind") == "run" and source.get("path"):
+        return Path(source["path"]).name
     name = p.name if p.is_dir() else p.stem
     return name or str(p)
 
@@ -201,7 +205,7 @@ def plot_trilemma(rows: list[tuple[str, dict]], path: Path, x_axis: str = "image
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from trilemma.viz import save_figure
 
@@ -232,6 +236,9 @@ def plot_trilemma(rows: list[tuple[str, dict]], path: Path, x_axis: str = "image
         ax.annotate(f"{label} (no speed)", (0.01, y), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(0, 3), fontsize=8, color="dimgrey")
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if high / max(low, 1e-12) > 10 else tuple(float(k) for k in range(1, 10))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))            # labelled ticks within a decade too
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel if placed else "(no row has a speed)")
