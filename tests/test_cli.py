@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from trilemma.cli.main import main
-from clihelpers import cli, one_line_error
+from helpers import cli, one_line_error
 
 
 @pytest.fixture(scope="module")

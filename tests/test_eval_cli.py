@@ -17,9 +17,8 @@ import pytest
 
 import trilemma.metrics.features as features_mod
 from trilemma.cli.main import main
+from helpers import TINY_RECIPE
 
-TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10,
-               "lr": 5e-3}
 # The CLI in a fresh interpreter, with the tiny recipe as the default.
 CLI_WITH_TINY_RECIPE = (
     "import sys, trilemma.metrics.features as f; f.DEFAULT_RECIPE.update({recipe!r}); "
@@ -28,15 +27,9 @@ CLI_WITH_TINY_RECIPE = (
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trilemma-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRILEMMA_CACHE", str(path))
-    for key, value in TINY_RECIPE.items():
-        mp.setitem(features_mod.DEFAULT_RECIPE, key, value)
+def cache(cache):
     features_mod.get_feature_network("digits", progress=False)  # trained once per test process
-    yield path
-    mp.undo()
+    return cache
 
 
 @pytest.fixture(scope="module")

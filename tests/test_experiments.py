@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import trilemma.metrics.features as features_mod
 from trilemma.cli.main import main
 from trilemma.experiments.sharpness import laplacian_variance, sharpness_summary
 
-TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10, "lr": 5e-3}
 
 
 # ------------------------------------------------------------------------------------------ sharpness
@@ -91,17 +89,6 @@ def test_gan_gradients_bad_epochs_are_one_line_errors(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ vae-vs-gan
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trilemma-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRILEMMA_CACHE", str(path))
-    for key, value in TINY_RECIPE.items():
-        mp.setitem(features_mod.DEFAULT_RECIPE, key, value)
-    yield path
-    mp.undo()
-
-
 def test_vae_vs_gan_end_to_end(cache, tmp_path, capsys):
     out = tmp_path / "vg"
     args = ["experiment", "vae-vs-gan", "--data", "digits", "--preset", "tiny", "--steps", "5", "--n", "60",

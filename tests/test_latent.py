@@ -17,7 +17,6 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import trilemma.latent.cache as cache_mod
-import trilemma.metrics.features as features_mod
 from trilemma.cli.main import main
 from trilemma.data import load_dataset
 from trilemma.errors import RunError, TrilemmaError
@@ -32,21 +31,9 @@ from trilemma.runs import SampleOptions, load_run
 from trilemma.train.autoencoder import train_autoencoder
 from trilemma.train.ldm import train_ldm
 from trilemma.vae import gaussian_kl
-from clihelpers import cli, one_line_error
+from helpers import cli, one_line_error
 
-TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10, "lr": 5e-3}
 CPU = dict(device="cpu", log_every=1, checkpoint_every=100)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trilemma-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRILEMMA_CACHE", str(path))
-    for key, value in TINY_RECIPE.items():
-        mp.setitem(features_mod.DEFAULT_RECIPE, key, value)
-    yield path
-    mp.undo()
 
 
 def tiny_ae(out, steps=4, **kw):

@@ -16,7 +16,7 @@ from trilemma.text.edit import edit_images, edit_timesteps
 from trilemma.text.pipeline import TextDiffusionRun
 from trilemma.train import t2i
 from trilemma.utils.io import load_tensors
-from clihelpers import cli, one_line_error
+from helpers import cli, one_line_error
 
 TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progress=False)
 

@@ -1,6 +1,9 @@
-"""Helpers shared by the command-line tests."""
+"""Helpers shared by the tests."""
 
 from trilemma.cli.main import main
+
+# A feature network that trains in seconds (the real recipe takes minutes): for tests of the metrics' plumbing.
+TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 150, "batch_size": 64, "warmup_steps": 10, "lr": 5e-3}
 
 
 def cli(capsys, *args):
