@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -71,3 +72,14 @@ def subparser(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -
 def say(message: str) -> None:
     """Print a status line for the user (stderr, so stdout stays parseable)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def format_value(value, digits: int = 3, missing: str = "n/a") -> str:
+    """A metric for a table or summary: ``digits`` decimals for floats, ``missing`` for None."""
+    if value is None:
+        return missing
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.{digits}f}"
+    return str(value)

@@ -14,13 +14,12 @@ coverage as colour and size).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trilemma.cli.common import positive_int, say, subparser
+from trilemma.cli.common import format_value, positive_int, say, subparser
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
 
@@ -109,13 +108,7 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
 # --- the table -------------------------------------------------------------------------------
 
 def cell(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.{digits}f}"
-    return str(value)
+    return format_value(value, digits, missing="–")
 
 
 ONE_PASS = {"vae": "decoder, 1 pass", "gan": "G(z), 1 pass", "autoencoder": "decoder of N(0, I)"}

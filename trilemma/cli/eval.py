@@ -13,14 +13,12 @@ samples included) the same way. The summary goes to stdout; the full result
 from __future__ import annotations
 
 import argparse
-import math
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from trilemma.cli.common import positive_int, say, subparser
+from trilemma.cli.common import format_value, positive_int, say, subparser
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
 
@@ -167,14 +165,7 @@ def load_sample_folder(folder: Path, data_config) -> np.ndarray:
 
 # --- the summary ---------------------------------------------------------------------------------
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.{digits}f}"
-    return str(value)
+fmt = format_value
 
 
 def source_line(result: dict) -> str:
