@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python scripts/t2i_benchmark.py --shapes runs/t2i/shapes --fashion runs/t2i/fashion \
         --n 200 --fashion-n 100 --steps 25 --json runs/t2i/benchmark.json --img docs/img
 
-- shapes: :func:`trilemma.text.evaluate_prompts` at w ∈ {1, 3, 5, 7}, with two chance baselines:
+- shapes: :func:`trilemma.t2i.evaluate_prompts` at w ∈ {1, 3, 5, 7}, with two chance baselines:
   w = 0 (the same network's unconditional ε(∅)) and real test images scored against the prompts;
 - Fashion-MNIST captions: the share of images the metrics' classifier assigns to the prompted class,
   for seen and held-out templates, at the same weights;
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from trilemma.runs import SampleOptions, load_run
-from trilemma.text import evaluate_prompts, format_prompt_table
-from trilemma.text.evaluate import best_guidance
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
+from trilemma.t2i import evaluate_prompts, format_prompt_table
+from trilemma.t2i.evaluate import best_guidance
 from trilemma.utils.io import write_json
 from trilemma.viz import save_grid
 
@@ -69,7 +70,7 @@ def prompt_grid(run, prompts: list[str], guidance: float, steps: int, path: Path
 
 def edit_strip(run, prompt: str, steps: int, path: Path, guidance: float) -> None:
     from trilemma.data import load_dataset, to_float
-    from trilemma.text import edit_images
+    from trilemma.t2i import edit_images
 
     test = load_dataset(run.data_config, "test")
     x = to_float(test.images[:1])

@@ -1,9 +1,9 @@
 """Fixtures shared by several test modules."""
 
 import pytest
+from helpers import TINY_RECIPE
 
 import trilemma.metrics.features as features_mod
-from helpers import TINY_RECIPE
 
 
 @pytest.fixture(scope="module")

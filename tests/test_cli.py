@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli, one_line_error
 from PIL import Image
 
 from trilemma.cli.main import main
-from helpers import cli, one_line_error
 
 
 @pytest.fixture(scope="module")

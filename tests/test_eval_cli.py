@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TINY_RECIPE
 
 import trilemma.metrics.features as features_mod
 from trilemma.cli.main import main
-from helpers import TINY_RECIPE
 
 # The CLI in a fresh interpreter, with the tiny recipe as the default.
 CLI_WITH_TINY_RECIPE = (

@@ -13,7 +13,6 @@ from trilemma.cli.main import main
 from trilemma.experiments.sharpness import laplacian_variance, sharpness_summary
 
 
-
 # ------------------------------------------------------------------------------------------ sharpness
 def test_laplacian_variance_matches_scipy_and_its_closed_forms():
     from scipy import ndimage

@@ -10,12 +10,21 @@ from torch import nn
 
 from trilemma.cli.main import main
 from trilemma.errors import TrilemmaError
-from trilemma.gan import (DCGANConfig, Discriminator, GANConfig, Generator, algorithm1_iteration, discriminator_loss,
-                          minimax_generator_cost, nonsaturating_generator_cost, preset)
-from trilemma.gan.algorithm import discriminator_step, generator_gradient_norms, generator_step
+from trilemma.gan import (
+    DCGANConfig,
+    Discriminator,
+    GANConfig,
+    Generator,
+    algorithm1_iteration,
+    discriminator_loss,
+    minimax_generator_cost,
+    nonsaturating_generator_cost,
+    preset,
+)
 from trilemma.gan.run import slerp
-from trilemma.runs import SampleOptions, load_run
-from trilemma.train.gan import train_gan
+from trilemma.gan.train import discriminator_step, generator_gradient_norms, generator_step, train_gan
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
 from trilemma.utils.io import load_tensors
 
 
@@ -136,7 +145,7 @@ def rows(run):
 
 def tiny_gan(out, steps, **kw):
     return train_gan(out, data="digits", preset="tiny", steps=steps, batch_size=16, progress=False,
-                     train_overrides=dict(log_every=1, checkpoint_every=3, device="cpu"), **kw)
+                     **dict(log_every=1, checkpoint_every=3, device="cpu"), **kw)
 
 
 def test_resume_is_exact_and_the_optimisers_counted_k_and_1(tmp_path):
@@ -196,7 +205,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, monkeypatch):
     import os
     import signal
 
-    import trilemma.train.gan as train_gan_module
+    import trilemma.gan.train as train_gan_module
 
     calls = {"n": 0}
     real_iteration = train_gan_module.algorithm1_iteration

@@ -13,25 +13,34 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import cli, one_line_error
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-import trilemma.latent.cache as cache_mod
+import trilemma.autoencoder.cache as cache_mod
+from trilemma.autoencoder import (
+    Autoencoder,
+    AutoencoderObjective,
+    autoencoder_terms,
+    latent_moments,
+    load_autoencoder,
+    preset,
+    psnr,
+)
+from trilemma.autoencoder.cache import cached_latents
+from trilemma.autoencoder.config import PatchDiscConfig
+from trilemma.autoencoder.losses import hinge_d_loss, hinge_g_loss, nonsaturating_d_loss, nonsaturating_g_loss
+from trilemma.autoencoder.networks import PatchDiscriminator
+from trilemma.autoencoder.train import train_autoencoder
 from trilemma.cli.main import main
 from trilemma.data import load_dataset
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.latent import (Autoencoder, AutoencoderObjective, autoencoder_terms, latent_moments, load_autoencoder,
-                             preset, psnr)
-from trilemma.latent.cache import cached_latents
-from trilemma.latent.patch_disc import (PatchDiscConfig, PatchDiscriminator, hinge_d_loss, hinge_g_loss,
-                                        nonsaturating_d_loss, nonsaturating_g_loss)
-from trilemma.latent.pipeline import latent_unet_preset
+from trilemma.ldm.config import latent_unet_preset
+from trilemma.ldm.train import train_ldm
 from trilemma.nets.unet import UNet
-from trilemma.runs import SampleOptions, load_run
-from trilemma.train.autoencoder import train_autoencoder
-from trilemma.train.ldm import train_ldm
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
 from trilemma.vae import gaussian_kl
-from helpers import cli, one_line_error
 
 CPU = dict(device="cpu", log_every=1, checkpoint_every=100)
 
@@ -39,7 +48,7 @@ CPU = dict(device="cpu", log_every=1, checkpoint_every=100)
 def tiny_ae(out, steps=4, **kw):
     kw.setdefault("factor", 2)
     return train_autoencoder(out, data=kw.pop("data", "digits"), preset="tiny", steps=steps, batch_size=16, lr=2e-3,
-                             progress=False, train_overrides={**CPU, **kw.pop("train", {})}, **kw)
+                             progress=False, **{**CPU, **kw.pop("train", {})}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +62,7 @@ def ae_dir(cache, tmp_path_factory):
 def ldm_dir(ae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("latent") / "ldm"
     train_ldm(out, autoencoder=ae_dir, preset="tiny", steps=3, batch_size=16, progress=False,
-              schedule="linear", train_overrides=CPU)
+              schedule="linear", **CPU)
     return out
 
 
@@ -223,7 +232,7 @@ def test_ldm_run_samples_reproducibly_with_ddpm_and_ddim(ldm_dir):
 def test_ldm_run_is_self_contained_and_detects_a_swapped_autoencoder(ae_dir, tmp_path):
     ae, copy = tmp_path / "ae", tmp_path / "ldm"
     shutil.copytree(ae_dir, ae)
-    train_ldm(copy, autoencoder=ae, preset="tiny", steps=1, batch_size=8, progress=False, train_overrides=CPU)
+    train_ldm(copy, autoencoder=ae, preset="tiny", steps=1, batch_size=8, progress=False, **CPU)
     shutil.rmtree(ae)                                                    # the original autoencoder may disappear
     assert load_run(copy, device="cpu").generate(2, options=SampleOptions(steps=2), progress=False).shape[0] == 2
     config = json.loads((copy / "config.json").read_text())

@@ -15,7 +15,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from trilemma.metrics import classes, features as features_mod
+from trilemma.metrics import classes
+from trilemma.metrics import features as features_mod
 from trilemma.metrics.evaluate import SCHEMA, SCHEMA_VERSION, EvalSettings, evaluate_images, evaluate_run
 from trilemma.metrics.fid import fid, frechet_distance, gaussian_stats
 from trilemma.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
@@ -435,7 +436,7 @@ def test_evaluate_images_rejects_wrong_shapes(digits, digits_net):
 
 
 class CopyingRun:
-    """A fake run (the trilemma.runs interface) whose 'generator' returns training images."""
+    """A fake run (the trilemma.run interface) whose 'generator' returns training images."""
 
     kind = "gan"
 

@@ -89,7 +89,6 @@ def test_every_readme_cli_command_runs(tmp_path, monkeypatch):
     tests/test_experiments.py runs them end to end with tiny settings.
     """
     import trilemma.metrics.features as features
-
     from trilemma.utils.paths import cache_dir
 
     text_cache = cache_dir("text").resolve()                      # prompt embeddings are shared: they are the encoder's
@@ -136,6 +135,6 @@ def test_every_relative_link_in_the_docs_points_at_a_file():
             if link.startswith(("http://", "https://", "mailto:")):
                 continue
             target = (page.parent / link).resolve()
-            if target.is_relative_to(ROOT) and not target.exists():   # ../shared/... lives beside the repo
+            if target.is_relative_to(ROOT) and not target.exists():   # a link out of the repository
                 broken.append(f"{page.relative_to(ROOT)} -> {link}")
     assert not broken, broken

@@ -1,4 +1,4 @@
-"""DDPM and DDIM samplers: parity with diffusers, identities between them, reproducibility (METHODS.md §5–6)."""
+"""DDPM and DDIM samplers: parity with diffusers, identities between them, reproducibility (docs/methods.md §5–6)."""
 
 import math
 

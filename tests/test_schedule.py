@@ -1,4 +1,4 @@
-"""Noise schedules and the forward process against closed forms and diffusers (METHODS.md §4)."""
+"""Noise schedules and the forward process against closed forms and diffusers (docs/methods.md §4)."""
 
 import math
 
@@ -11,7 +11,7 @@ from trilemma.errors import TrilemmaError
 
 
 def closed_form_betas(name, T=1000, b1=1e-4, bT=0.02, r=6.0, s=0.008):
-    """β_1..β_T written out term by term from METHODS.md §4, in plain Python floats."""
+    """β_1..β_T written out term by term from docs/methods.md §4, in plain Python floats."""
     out = []
     for t in range(1, T + 1):
         u = (t - 1) / (T - 1)

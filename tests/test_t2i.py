@@ -6,17 +6,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import cli, one_line_error
 
 from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.errors import TrilemmaError
-from trilemma.runs import SampleOptions, load_run
-from trilemma.text import shapes
-from trilemma.text.edit import edit_images, edit_timesteps
-from trilemma.text.pipeline import TextDiffusionRun
-from trilemma.train import t2i
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
+from trilemma.t2i import shapes
+from trilemma.t2i.edit import edit_images, edit_timesteps
+from trilemma.t2i.run import TextDiffusionRun
+from trilemma.t2i import train as t2i
 from trilemma.utils.io import load_tensors
-from helpers import cli, one_line_error
 
 TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progress=False)
 
@@ -170,8 +171,8 @@ def test_edit_with_strength_zero_returns_the_input(run_dir):
 
 
 def test_latent_space_run_and_edit_up_to_the_autoencoder(env):
+    from trilemma.autoencoder.train import train_autoencoder
     from trilemma.data import load_dataset, to_float
-    from trilemma.train.autoencoder import train_autoencoder
 
     ae = env / "ae"
     train_autoencoder(ae, data="shapes", preset="tiny", steps=2, batch_size=8, progress=False,
@@ -188,7 +189,7 @@ def test_latent_space_run_and_edit_up_to_the_autoencoder(env):
 
 # ----------------------------------------------------------------------------- prompt accuracy
 def test_evaluate_prompts_on_shapes(run_dir):
-    from trilemma.text import evaluate_prompts, format_prompt_table
+    from trilemma.t2i import evaluate_prompts, format_prompt_table
 
     run = load_run(run_dir, "cpu")
     result = evaluate_prompts(run, "shapes", n=8, guidances=(0.0, 2.0), options=SampleOptions(steps=2),
@@ -279,6 +280,6 @@ def test_a_folder_with_metadata_jsonl_trains(env, tmp_path):
         lines.append(json.dumps({"file_name": f"{i}.png", "text": caption}))
     (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     out = env / "folder"
-    t2i.train_t2i(out, data=str(tmp_path), steps=1, data_overrides={"test_fraction": 0.25}, **TINY)
+    t2i.train_t2i(out, data=str(tmp_path), steps=1, **{"test_fraction": 0.25}, **TINY)
     run = load_run(out, "cpu")
     assert set(run.dataset_captions()) <= set(captions)

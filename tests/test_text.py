@@ -10,9 +10,9 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import DataError, TrilemmaError
-from trilemma.text import captions as caps
-from trilemma.text import shapes
-from trilemma.text.encoder import TextEncoder, pad_tokens
+from trilemma.t2i import captions as caps
+from trilemma.t2i import shapes
+from trilemma.t2i.encoder import TextEncoder, pad_tokens
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from trilemma.data import load_dataset
+from trilemma.ddpm.train import train_ddpm
 from trilemma.diffusion import diffusion_loss, make_schedule
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.nets import UNet, preset
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
 from trilemma.train.common import TrainConfig, lr_at
-from trilemma.train.diffusion import train_ddpm
-from trilemma.train.loop import fit
+from trilemma.train.loop import fit, one_network_trainer
 from trilemma.utils.io import atomic_write, save_tensors
-from trilemma.runs import SampleOptions, load_run
-from safetensors.torch import load_file
 
 
 def losses(run_dir):
@@ -31,9 +32,10 @@ def test_few_hundred_steps_on_a_handful_of_images_drive_the_loss_down(tmp_path):
     schedule = make_schedule("linear", T=200)
     train = TrainConfig(steps=300, batch_size=8, lr=3e-3, warmup_steps=20, log_every=1, checkpoint_every=1000,
                         device="cpu")
-    fit(tmp_path, model=model, num_examples=8, batch_fn=lambda idx, g: (images[idx], {}),
-        loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
-        train=train, device=torch.device("cpu"), progress=False)
+    trainer = one_network_trainer(model, lambda idx, g: (images[idx], {}),
+                                  lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+                                  train, torch.device("cpu"))
+    fit(tmp_path, trainer, train=train, num_examples=8, device=torch.device("cpu"), progress=False)
     values = losses(tmp_path)
     first, last = sum(values[:20]) / 20, sum(values[-50:]) / 50
     assert first > 0.5                         # an untrained net predicts ε ≈ 0: loss ≈ E‖ε‖²/d = 1
@@ -42,9 +44,9 @@ def test_few_hundred_steps_on_a_handful_of_images_drive_the_loss_down(tmp_path):
 
 def tiny_run(out, steps, **kw):
     return train_ddpm(out, data="digits", preset="tiny", steps=steps, batch_size=16, lr=1e-3, progress=False,
-                      train_overrides=dict(log_every=1, checkpoint_every=4, warmup_steps=5, device="cpu",
+                      **dict(log_every=1, checkpoint_every=4, warmup_steps=5, device="cpu",
                                            **kw.pop("train", {})),
-                      model_overrides=dict(dropout=0.1), **kw)
+                      **dict(dropout=0.1), **kw)
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
@@ -66,20 +68,22 @@ def fit_digits(out, steps, resume=False, preview=None, **train_options):
     torch.manual_seed(123)
     train = TrainConfig(steps=steps, batch_size=8, lr=1e-3, log_every=1, sample_every=1, checkpoint_every=100,
                         device="cpu", **train_options)
-    return fit(out, model=UNet(preset("tiny", 8, 1)), num_examples=32,
-               batch_fn=lambda idx, g: (images[idx], {}),
-               loss_fn=lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
-               train=train, device=torch.device("cpu"), preview=preview, resume=resume, progress=False)
+    trainer = one_network_trainer(UNet(preset("tiny", 8, 1)), lambda idx, g: (images[idx], {}),
+                                  lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+                                  train, torch.device("cpu"), preview=preview)
+    return fit(out, trainer, train=train, num_examples=32, device=torch.device("cpu"), resume=resume,
+               progress=False)
 
 
-def press_ctrl_c_at_step_3(ema_model, step):
-    if step == 3:
-        os.kill(os.getpid(), signal.SIGINT)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_a_checkpoint_and_resume_continues(tmp_path, sig):
+    def press_at_step_3(ema_model, step):
+        if step == 3:
+            os.kill(os.getpid(), sig)
 
-
-def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
-    result = fit_digits(tmp_path / "a", 8, preview=press_ctrl_c_at_step_3)
+    result = fit_digits(tmp_path / "a", 8, preview=press_at_step_3)
     assert result.interrupted and result.step == 3          # the step finished, then it stopped
+    assert result.signal == signal.Signals(sig).name
     assert json.loads((tmp_path / "a" / "state" / "trainer.json").read_text())["step"] == 3
     result = fit_digits(tmp_path / "a", 8, resume=True)
     assert result.step == 8 and not result.interrupted
@@ -164,3 +168,27 @@ def test_cosine_decay_follows_the_budget_and_resumes_exactly(tmp_path):
                       lr_decay="cosine").interrupted
     fit_digits(tmp_path / "split", 10, resume=True, warmup_steps=0, lr_decay="cosine")
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
+
+
+def test_sigterm_to_the_cli_saves_a_resumable_checkpoint(tmp_path):
+    """`kill -TERM` (timeout, systemd, Slurm) during `trilemma train`: exit 143, a checkpoint, --resume works."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trilemma", "train", "ddpm", "--data", "digits", "--preset", "tiny",
+           "--steps", "100000", "--batch-size", "8", "--out", str(run), "--device", "cpu", "--quiet",
+           "--checkpoint-every", "100000"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() and time.monotonic() < deadline:    # training has started
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "Traceback" not in err
+    step = json.loads((run / "state" / "trainer.json").read_text())["step"]
+    assert step > 0
+    result = train_ddpm(run, steps=step + 2, resume=True, progress=False)
+    assert result.step == step + 2

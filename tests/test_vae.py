@@ -11,10 +11,21 @@ from torch import nn
 
 from trilemma.cli.main import main
 from trilemma.errors import TrilemmaError
-from trilemma.runs import SampleOptions, load_run
-from trilemma.train.vae import train_vae
-from trilemma.vae import (VAE, VAEConfig, binarise, bernoulli_log_likelihood, discretised_gaussian_log_likelihood,
-                          elbo_terms, gaussian_kl, gaussian_log_likelihood, preset, reparameterise)
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions
+from trilemma.vae import (
+    VAE,
+    VAEConfig,
+    bernoulli_log_likelihood,
+    binarise,
+    discretised_gaussian_log_likelihood,
+    elbo_terms,
+    gaussian_kl,
+    gaussian_log_likelihood,
+    preset,
+    reparameterise,
+)
+from trilemma.vae.train import train_vae
 
 
 # ------------------------------------------------------------------------------------------ the maths
@@ -175,7 +186,7 @@ def losses(run):
 
 def tiny_vae(out, steps, checkpoint_every=4, **kw):
     return train_vae(out, data="digits", preset="tiny", steps=steps, batch_size=32, lr=3e-3, progress=False,
-                     train_overrides=dict(log_every=1, checkpoint_every=checkpoint_every, warmup_steps=2,
+                     **dict(log_every=1, checkpoint_every=checkpoint_every, warmup_steps=2,
                                           device="cpu"), **kw)
 
 
@@ -250,10 +261,10 @@ def test_cli_train_sample_interpolate_and_errors(tmp_path, capsys):
 
 
 def test_interpolation_refuses_a_run_without_a_latent_code(tmp_path, capsys):
-    from trilemma.train.diffusion import train_ddpm
+    from trilemma.ddpm.train import train_ddpm
 
     train_ddpm(tmp_path / "ddpm", data="digits", preset="tiny", steps=1, batch_size=8, progress=False,
-               train_overrides=dict(device="cpu"))
+               **dict(device="cpu"))
     assert main(["show", "interpolation", str(tmp_path / "ddpm"), "--out", str(tmp_path / "i.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ddpm run has no latent code" in err[0]

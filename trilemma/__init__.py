@@ -8,10 +8,10 @@ The public API (imported lazily, so ``trilemma --help`` stays fast)::
 __version__ = "0.1.0"
 
 _API = {
-    "train_ddpm": "trilemma.train.diffusion",
-    "load_run": "trilemma.runs",
-    "SampleOptions": "trilemma.runs",
-    "GeneratorRun": "trilemma.runs",
+    "train_ddpm": "trilemma.ddpm.train",
+    "load_run": "trilemma.registry",
+    "SampleOptions": "trilemma.run",
+    "GeneratorRun": "trilemma.run",
     "save_grid": "trilemma.viz",
     "load_dataset": "trilemma.data",
     "DataConfig": "trilemma.data",

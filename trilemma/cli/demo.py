@@ -44,8 +44,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from trilemma.runs import SampleOptions, load_run
-    from trilemma.train.diffusion import train_ddpm
+    from trilemma.ddpm.train import train_ddpm
+    from trilemma.registry import load_run
+    from trilemma.run import SampleOptions
     from trilemma.utils.device import native_bf16, pick_device
     from trilemma.viz import save_grid
 
@@ -53,10 +54,13 @@ def run(args) -> int:
     t0 = time.perf_counter()
     minutes = None if args.steps else (args.minutes or 6.0)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))
-    result = train_ddpm(out, data=args.data, preset=args.preset, steps=args.steps, minutes=minutes,
-                        batch_size=args.batch_size, lr=1e-3, prediction=args.prediction, resume=args.resume,
-                        train_overrides=dict(seed=args.seed, bf16=bf16, device=args.device,
-                                             sample_every=500, warmup_steps=100, lr_decay=args.lr_decay))
+    if args.resume:                                   # the run keeps its options; only the budget may grow
+        result = train_ddpm(out, resume=True, steps=args.steps, minutes=minutes)
+    else:
+        result = train_ddpm(out, data=args.data, preset=args.preset, steps=args.steps, minutes=minutes,
+                            batch_size=args.batch_size, lr=1e-3, prediction=args.prediction, seed=args.seed,
+                            bf16=bf16, device=args.device, sample_every=500, warmup_steps=100,
+                            lr_decay=args.lr_decay)
     if result.interrupted:
         say(f"trilemma: interrupted; continue with: trilemma demo --out {out} --resume")
         return 130

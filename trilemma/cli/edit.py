@@ -1,4 +1,4 @@
-"""``trilemma edit RUN IMAGE "PROMPT"``: alter an image with a prompt (SDEdit, METHODS.md §8).
+"""``trilemma edit RUN IMAGE "PROMPT"``: alter an image with a prompt (SDEdit, docs/methods.md §8).
 
     trilemma edit runs/t2i input.png "a blue square" --strength 0.6 --out y.png
 
@@ -40,7 +40,7 @@ def run(args) -> int:
     from trilemma.cli.generate import load_t2i_run, sampling, write_outputs
     from trilemma.data import to_uint8
     from trilemma.errors import TrilemmaError
-    from trilemma.text.edit import edit_images, edit_timesteps, load_image
+    from trilemma.t2i.edit import edit_images, edit_timesteps, load_image
 
     if not args.prompt.strip():
         raise TrilemmaError("PROMPT: empty; give a prompt describing the edited image")

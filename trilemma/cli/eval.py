@@ -59,7 +59,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.samples is not None:
         if args.data is None:
             raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")
-        from trilemma.runs import SampleOptions
+        from trilemma.run import SampleOptions
 
         if sample_options(args) != SampleOptions():
             raise TrilemmaError("sampling options (--sampler, --steps, ...) apply to a RUN, not to --samples")
@@ -95,10 +95,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_prompt_eval(args: argparse.Namespace) -> int:
-    """``--prompts BENCHMARK``: how well a text-to-image run obeys prompts (:func:`trilemma.text.evaluate_prompts`)."""
+    """``--prompts BENCHMARK``: how well a text-to-image run obeys prompts (:func:`trilemma.t2i.evaluate_prompts`)."""
     from trilemma.cli.generate import load_t2i_run
-    from trilemma.text import evaluate_prompts, format_prompt_table
-    from trilemma.text.evaluate import DEFAULT_GUIDANCES
+    from trilemma.t2i import evaluate_prompts, format_prompt_table
+    from trilemma.t2i.evaluate import DEFAULT_GUIDANCES
     from trilemma.utils.io import write_json
 
     if args.run is None or args.samples is not None or args.data is not None:
@@ -121,7 +121,7 @@ def data_config_for(name: str):
 
 
 def load_run_for_eval(path: str, device: str | None):
-    from trilemma.runs import load_run
+    from trilemma.registry import load_run
 
     return load_run(path, device=device)
 

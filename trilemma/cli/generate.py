@@ -31,7 +31,8 @@ def register(sub) -> None:
 def load_t2i_run(path: str, device: str | None):
     """A t2i run, or a one-line error naming the run's actual kind."""
     from trilemma.errors import RunError
-    from trilemma.runs import load_run, read_run_config
+    from trilemma.registry import load_run
+    from trilemma.run import read_run_config
 
     kind = read_run_config(path)["kind"]
     if kind != "t2i":

@@ -27,7 +27,7 @@ def add_sampler_args(p) -> None:
 
 
 def sample_options(args):
-    from trilemma.runs import SampleOptions
+    from trilemma.run import SampleOptions
 
     return SampleOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
                          variance=args.variance, clip=args.clip, label=args.label, guidance=args.guidance)
@@ -49,7 +49,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import time
 
-    from trilemma.runs import load_run
+    from trilemma.registry import load_run
     from trilemma.utils.io import atomic_path
     from trilemma.viz import save_grid
 

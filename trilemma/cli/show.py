@@ -65,7 +65,7 @@ def _forward(args) -> int:
     encode, decode, space = (lambda x: x), (lambda x: x), ""
     data = args.data
     if args.autoencoder:                           # latent space: q(z_t | z_0) on z_0 = s·μ(x), shown as D(z_t / s)
-        from trilemma.latent import load_autoencoder
+        from trilemma.autoencoder import load_autoencoder
 
         ae = load_autoencoder(args.autoencoder, device="cpu")
         encode, decode, data = ae.encode, (lambda z: ae.decode(z).cpu()), ae.data_config
@@ -115,7 +115,7 @@ def _trajectory(args) -> int:
 
     from trilemma.cli.sample import sample_options
     from trilemma.errors import TrilemmaError
-    from trilemma.runs import load_run
+    from trilemma.registry import load_run
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
     run = load_run(args.run, device=args.device)
@@ -160,7 +160,7 @@ def _interpolation(args) -> int:
 
     from trilemma.data import load_dataset
     from trilemma.errors import TrilemmaError
-    from trilemma.runs import load_run
+    from trilemma.registry import load_run
     from trilemma.viz import save_grid
 
     run = load_run(args.run, device=args.device)

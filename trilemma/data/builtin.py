@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import zlib
 from functools import lru_cache
@@ -99,6 +100,8 @@ def read_fashion_mnist(directory: str, split: str) -> Arrays:
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(f"{image_file}: expected images (N, H, W) and labels (N,) in the IDX files")
+    if 0 in images.shape:
+        raise DataError(f"{image_file}: holds no images (shape {images.shape})")
     if len(images) != len(labels):
         raise DataError(f"{label_file}: {len(labels)} labels for {len(images)} images in {image_file}")
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
@@ -135,8 +138,8 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    if len(raw) - header != int(np.prod(shape)):
-        raise DataError(f"{path}: IDX header says {shape} = {int(np.prod(shape))} bytes, "
+    if len(raw) - header != math.prod(shape):  # exact: np.prod could overflow on hostile sizes
+        raise DataError(f"{path}: IDX header says {shape} = {math.prod(shape)} bytes, "
                         f"file has {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 

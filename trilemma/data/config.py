@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from trilemma.options import opt
 from trilemma.errors import DataError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist-5k", "digits")
@@ -23,6 +24,7 @@ NATIVE_SHAPE: dict[str, tuple[int, int]] = {
     "digits": (8, 1),
 }
 FOLDER_NATIVE_SHAPE: tuple[int, int] = (32, 3)
+MAX_IMAGE_SIZE = 1024  # image_size above this is refused (a 1024x1024 RGB image is 3 MiB as uint8)
 # Captioned datasets made by trilemma.text (loaded through load.py): name -> native (image_size, channels).
 TEXT_DATASETS: dict[str, tuple[int, int]] = {
     "shapes": (32, 3),
@@ -40,18 +42,23 @@ class DataConfig:
     the folder).
     """
 
-    name: str  # builtin name or folder path
-    image_size: int | None = None  # None: native (28 fashion-mnist/mnist-5k, 8 digits, 32 folders)
-    channels: int | None = None  # None: native (1 builtins, 3 folders); 1->3 repeats, 3->1 luminance
-    hflip: bool = False  # random horizontal flip in ImageDataset.batch
-    test_fraction: float = 0.1  # ignored by fashion-mnist, which has an official split
-    split_seed: int = 0  # seed of the train/test split (not of training)
+    name: str = opt(help="fashion-mnist, mnist-5k, digits, or a folder of images", flag="data")
+    image_size: int | None = opt(None, "resize/crop images to this size (default: native: 28 fashion-mnist/"
+                                 "mnist-5k, 8 digits, 32 folders)")
+    channels: int | None = opt(None, "1 (grey) or 3 (RGB) (default: native); 1->3 repeats, 3->1 luminance",
+                               choices=(1, 3))
+    hflip: bool = opt(False, "random horizontal flips")
+    test_fraction: float = opt(0.1, "share of a folder or mnist-5k held out as the test split "
+                               "(fashion-mnist has an official split)", cli=False)
+    split_seed: int = opt(0, "seed of the train/test split (not of training)", cli=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise DataError(f"data option 'name' must be a dataset name or folder path, got {self.name!r}")
-        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 1):
-            raise DataError(f"data option 'image_size' must be a positive integer, got {self.image_size!r}")
+        if self.image_size is not None and (not _is_int(self.image_size)
+                                            or not 1 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise DataError(f"data option 'image_size' must be an integer in [1, {MAX_IMAGE_SIZE}], "
+                            f"got {self.image_size!r}")
         if self.channels is not None and (not _is_int(self.channels) or self.channels not in (1, 3)):
             raise DataError(f"data option 'channels' must be 1 or 3, got {self.channels!r}")
         if not isinstance(self.hflip, bool):
@@ -59,8 +66,10 @@ class DataConfig:
         if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)) \
                 or not 0.0 <= self.test_fraction < 1.0:
             raise DataError(f"data option 'test_fraction' must be in [0, 1), got {self.test_fraction!r}")
-        if not _is_int(self.split_seed):
-            raise DataError(f"data option 'split_seed' must be an integer, got {self.split_seed!r}")
+        if not _is_int(self.split_seed) or self.split_seed < 0:
+            raise DataError(f"data option 'split_seed' must be an integer >= 0, got {self.split_seed!r}")
+        if "\0" in self.name:
+            raise DataError(f"data option 'name' must be a dataset name or folder path, got {self.name!r}")
 
     @property
     def is_builtin(self) -> bool:

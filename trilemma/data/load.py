@@ -32,9 +32,11 @@ def load_dataset(config: DataConfig | str, split: str = "train", **overrides: An
     if config.is_builtin:
         return load_builtin(config, split)
     if config.name in TEXT_DATASETS:
-        from trilemma.text.datasets import load_text_dataset   # captioned datasets for text-to-image
+        from trilemma.t2i.datasets import load_text_dataset
 
         return load_text_dataset(config, split)
+    if os.path.exists(config.name) and not os.path.isdir(config.name):
+        raise DataError(f"--data: {config.name} is a file, not a folder of images")
     if not os.path.isdir(config.name):
         raise DataError(f"unknown dataset {config.name!r}: use one of "
                         f"{', '.join((*BUILTIN_DATASETS, *TEXT_DATASETS))}, or a folder of images")

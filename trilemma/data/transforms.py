@@ -43,12 +43,70 @@ def fit_square(image: Image.Image, size: int) -> Image.Image:
                         reducing_gap=REDUCING_GAP)
 
 
-def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert to ``"L"`` (channels 1, ITU-R 601 luminance) or ``"RGB"`` (channels 3).
+class UnsupportedImage(ValueError):
+    """An image decoded fine but its pixels cannot be mapped to 8 bits (the message says why)."""
 
-    Transparent pixels are composited onto white rather than left black.
+
+EIGHT_BIT_MODES = frozenset({"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV"})
+ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Map the pixels of any decoded mode to 8 bits per channel, keeping alpha.
+
+    - ``1``, ``L``, ``P``, ``RGB(A/X)``, ``LA``, ``PA``, ``CMYK``, ``YCbCr``, ``HSV``
+      are already 8-bit and returned as they are (Pillow converts them exactly).
+      A 16-bit RGB(A) or LA PNG is opened by Pillow as 8-bit already, keeping the
+      high byte of each sample, i.e. ``value >> 8``.
+    - ``I;16`` (16-bit grey, any byte order) -> ``L`` as ``value >> 8``; a
+      ``transparency`` value becomes an alpha channel (``LA``).
+    - ``I`` (32-bit integers): taken as 16-bit grey (older Pillows open 16-bit PNGs so)
+      when every value is in 0..65535 -> ``value >> 8``; otherwise refused.
+    - ``F`` (32-bit float): taken as intensities in [0, 1] -> ``round(255 x)``;
+      refused when a value is NaN, infinite or outside [0, 1].
+    - anything else (``LAB``, ``La``, ...) is refused.
+
+    Refusals raise :class:`UnsupportedImage` (a ``ValueError``) saying why.
     """
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    mode = image.mode
+    if mode in EIGHT_BIT_MODES or mode in ALPHA_MODES:
+        return image
+    if mode in SIXTEEN_BIT_MODES:
+        a = np.asarray(image).astype(np.uint16)  # (H, W), native byte order
+        grey = Image.fromarray((a >> 8).astype(np.uint8))
+        key = image.info.get("transparency")
+        if isinstance(key, int) and not isinstance(key, bool):
+            alpha = Image.fromarray(np.where(a == key, 0, 255).astype(np.uint8))
+            return Image.merge("LA", (grey, alpha))
+        return grey
+    if mode == "I":
+        a = np.asarray(image)  # (H, W) int32
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise UnsupportedImage(f"32-bit integer pixels outside 0..65535 (min {lo}, max {hi})")
+        return Image.fromarray((a >> 8).astype(np.uint8))
+    if mode == "F":
+        a = np.asarray(image, dtype=np.float64)  # (H, W)
+        if not np.isfinite(a).all():
+            raise UnsupportedImage("floating-point pixels include NaN or infinity")
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 1.0:
+            raise UnsupportedImage(f"floating-point pixels outside [0, 1] (min {lo:g}, max {hi:g})")
+        return Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+    raise UnsupportedImage(f"unsupported image mode {mode!r} (save it as 8- or 16-bit grey or RGB)")
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any mode (see :func:`to_8bit`) to ``"L"`` (channels 1) or ``"RGB"`` (channels 3).
+
+    Grey uses ITU-R 601 luminance ``L = 0.299 R + 0.587 G + 0.114 B``; CMYK is
+    ``R = (255 - C)(255 - K) / 255`` etc. Alpha (an alpha band, or a palette or
+    colour-key ``transparency``) is composited onto white, so transparent pixels
+    become white rather than black. Raises :class:`UnsupportedImage`.
+    """
+    image = to_8bit(image)
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image.alpha_composite(rgba)

@@ -1,6 +1,6 @@
 """Denoising diffusion: noise schedules, the forward process, losses and samplers.
 
-- :mod:`.schedule` — β_t, ᾱ_t and every derived coefficient, precomputed in float64 (METHODS.md §4).
+- :mod:`.schedule` — β_t, ᾱ_t and every derived coefficient, precomputed in float64 (docs/methods.md §4).
 - :mod:`.denoiser` — turns any network (ε-, v- or x₀-prediction) into (ε̂, x̂₀) for the samplers.
 - :mod:`.losses` — the training objective of Algorithm 1 (Ho et al. 2020), per sample.
 - :mod:`.samplers` — DDPM ancestral sampling (Algorithm 2) and DDIM, as pure functions.

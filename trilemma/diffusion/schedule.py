@@ -1,4 +1,4 @@
-"""Noise schedules and the closed-form forward process (METHODS.md §4; Ho et al. 2020).
+"""Noise schedules and the closed-form forward process (docs/methods.md §4; Ho et al. 2020).
 
 Notation (arrays are indexed by the step t itself, so ``alpha_bar[t]`` is ᾱ_t):
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from trilemma.errors import TrilemmaError
+from trilemma.options import check_fields, int_in, nonneg, opt, positive
 
 ScheduleName = Literal["linear", "quadratic", "sigmoid", "cosine"]
 SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "sigmoid", "cosine")
@@ -36,18 +37,15 @@ SCHEDULES: tuple[str, ...] = ("linear", "quadratic", "sigmoid", "cosine")
 class ScheduleConfig:
     """Which β schedule, and its parameters (defaults of Ho et al. 2020)."""
 
-    name: ScheduleName = "linear"
-    T: int = 1000            # number of diffusion steps
-    beta_1: float = 1e-4     # β_1 (linear, quadratic, sigmoid)
-    beta_T: float = 0.02     # β_T (linear, quadratic, sigmoid)
-    r: float = 6.0           # steepness of the sigmoid schedule
-    s: float = 0.008         # offset of the cosine schedule (Nichol & Dhariwal 2021)
+    name: ScheduleName = opt("linear", "the β schedule (docs/methods.md §4)", flag="schedule", choices=SCHEDULES)
+    T: int = opt(1000, "number of diffusion steps", check=int_in(2, 100_000))
+    beta_1: float = opt(1e-4, "β_1 (linear, quadratic, sigmoid)", flag="beta-1", check=positive)
+    beta_T: float = opt(0.02, "β_T (linear, quadratic, sigmoid)", flag="beta-T", check=positive)
+    r: float = opt(6.0, "steepness of the sigmoid schedule", check=positive)
+    s: float = opt(0.008, "offset of the cosine schedule (Nichol & Dhariwal 2021)", check=nonneg)
 
     def __post_init__(self):
-        if self.name not in SCHEDULES:
-            raise TrilemmaError(f"--schedule: unknown schedule {self.name!r} (choose from {', '.join(SCHEDULES)})")
-        if self.T < 2:
-            raise TrilemmaError(f"--T: need at least 2 diffusion steps, got {self.T}")
+        check_fields(self)
         if not 0 < self.beta_1 < self.beta_T < 1:
             raise TrilemmaError(f"need 0 < beta_1 < beta_T < 1, got beta_1={self.beta_1}, beta_T={self.beta_T}")
         if self.r <= 0:
@@ -148,7 +146,7 @@ class NoiseSchedule:
 
     # ------------------------------------------------------- forward process
     def q_sample(self, x_0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Sample q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (METHODS.md §4)."""
+        """Sample q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (docs/methods.md §4)."""
         return (extract(self.tensor("sqrt_alpha_bar", x_0.device), t, x_0.shape) * x_0
                 + extract(self.tensor("sqrt_one_minus_alpha_bar", x_0.device), t, x_0.shape) * eps)
 
@@ -180,7 +178,7 @@ class NoiseSchedule:
 
 
 def make_schedule(config: ScheduleConfig | str = "linear", **overrides) -> NoiseSchedule:
-    """The schedule of METHODS.md §4 named by ``config`` (a :class:`ScheduleConfig` or a name)."""
+    """The schedule of docs/methods.md §4 named by ``config`` (a :class:`ScheduleConfig` or a name)."""
     if isinstance(config, str):
         config = ScheduleConfig(name=config, **overrides)
     elif overrides:

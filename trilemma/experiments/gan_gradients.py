@@ -42,12 +42,11 @@ from tqdm.auto import tqdm
 from trilemma.cli.common import say
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.gan.algorithm import discriminator_step, generator_gradient_norms
 from trilemma.gan.losses import GENERATOR_COSTS, discriminator_accuracy
 from trilemma.gan.networks import Discriminator
-from trilemma.runs import load_run
+from trilemma.gan.train import discriminator_step, generator_gradient_norms, train_gan
+from trilemma.registry import load_run
 from trilemma.train.common import EpochSampler
-from trilemma.train.gan import train_gan
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, save_figure
 
@@ -95,10 +94,12 @@ def train_snapshots(cfg: GanGradientsConfig, out: Path, progress: bool = True) -
                 raise TrilemmaError(f"{run} is already past {epochs:g} epochs ({done} steps); use a new --out")
             if progress:
                 say(f"gan-gradients: training the DCGAN to {epochs:g} epochs ({steps} steps of {cfg.batch_size})")
-            if done < steps:
+            if 0 < done < steps:                                         # continue the same run
+                train_gan(run, steps=steps, resume=True, progress=progress)
+            elif done == 0:
                 train_gan(run, data=cfg.data, preset=cfg.preset, steps=steps, batch_size=cfg.batch_size,
-                          g_loss=cfg.g_loss, resume=done > 0, progress=progress,
-                          train_overrides=dict(seed=cfg.seed, device=cfg.device, checkpoint_every=10**9))
+                          g_loss=cfg.g_loss, progress=progress, seed=cfg.seed, device=cfg.device,
+                          checkpoint_every=10**9)
             snap.mkdir(parents=True, exist_ok=True)
             for name in SNAPSHOT_FILES:
                 shutil.copy2(run / name, snap / name)

@@ -1,4 +1,4 @@
-"""Latent vs pixel diffusion under the same training budget: what the latent space buys (METHODS.md §7).
+"""Latent vs pixel diffusion under the same training budget: what the latent space buys (docs/methods.md §7).
 
     trilemma experiment latent-vs-pixel --data fashion-mnist --out DIR [--minutes 15] [--ae-minutes 5]
 
@@ -38,13 +38,16 @@ from typing import Any, Callable
 
 import torch
 
+from trilemma.autoencoder.config import preset as ae_preset
+from trilemma.autoencoder.networks import Autoencoder
 from trilemma.cli.common import say
 from trilemma.data import load_dataset, to_uint8
 from trilemma.errors import TrilemmaError
-from trilemma.latent.autoencoder import Autoencoder, preset as ae_preset
-from trilemma.latent.pipeline import latent_unet_preset
-from trilemma.nets.unet import UNet, count_parameters, preset as unet_preset
-from trilemma.runs import SampleOptions, load_run, read_run_config
+from trilemma.ldm.config import latent_unet_preset
+from trilemma.nets.unet import UNet, count_parameters
+from trilemma.nets.unet import preset as unet_preset
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 
@@ -128,9 +131,9 @@ def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, pr
     Returns the clocks of its training cost — fitting, then encoding the training set into the
     latent cache — and not of the reconstruction metrics (which find the latents cached).
     """
-    from trilemma.latent.cache import cached_latents
-    from trilemma.latent.run import load_autoencoder
-    from trilemma.train.autoencoder import RECON_FILE, finish_autoencoder, train_autoencoder
+    from trilemma.autoencoder.cache import cached_latents
+    from trilemma.autoencoder.run import load_autoencoder
+    from trilemma.autoencoder.train import RECON_FILE, finish_autoencoder, train_autoencoder
 
     info_path = out / "phase.json"
     if info_path.is_file() and (out / RECON_FILE).is_file():
@@ -143,7 +146,7 @@ def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, pr
     with Clock() as fit_clock:
         result = train_autoencoder(out, data=cfg.data, preset=cfg.preset, factor=factor,
                                    latent_channels=cfg.latent_channels, progress=progress, evaluate=False,
-                                   train_overrides=dict(seed=cfg.seed, device=cfg.device, sample_every=0), **budget)
+                                   **dict(seed=cfg.seed, device=cfg.device, sample_every=0), **budget)
     with Clock() as encode_clock:
         run = load_autoencoder(out, device=cfg.device)
         cached_latents(run, load_dataset(run.data_config, "train"), progress=progress)
@@ -173,15 +176,15 @@ def train_diffusion_phase(name: str, out: Path, cfg: LatentVsPixelConfig, budget
     overrides = dict(seed=cfg.seed, device=cfg.device, sample_every=0)
     with Clock() as clock:
         if autoencoder is None:
-            from trilemma.train.diffusion import train_ddpm
+            from trilemma.ddpm.train import train_ddpm
 
             result = train_ddpm(out, data=cfg.data, preset=cfg.preset, batch_size=BATCH, lr=LR, progress=progress,
-                                train_overrides=overrides, **budget)
+                                **overrides, **budget)
         else:
-            from trilemma.train.ldm import train_ldm
+            from trilemma.ldm.train import train_ldm
 
             result = train_ldm(out, autoencoder=autoencoder, preset=cfg.preset, batch_size=BATCH, lr=LR,
-                               progress=progress, train_overrides=overrides, **budget)
+                               progress=progress, **overrides, **budget)
     info = {"steps": result.step, "batch_size": BATCH, "train_wall_s": result.elapsed_s, "train_cpu_s": clock.cpu_s,
             "call_wall_s": clock.wall_s}
     write_json(info_path, info)

@@ -1,4 +1,4 @@
-"""VAE, GAN and DDPM side by side: sample grids, sharpness, and the trilemma metrics (METHODS.md §1, §2, §9).
+"""VAE, GAN and DDPM side by side: sample grids, sharpness, and the trilemma metrics (docs/methods.md §1, §2, §9).
 
     trilemma experiment vae-vs-gan --data fashion-mnist --out DIR [--minutes 8] [--vae RUN --gan RUN --ddpm RUN]
 
@@ -38,7 +38,8 @@ from trilemma.cli.common import say
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.experiments.sharpness import sharpness_summary
-from trilemma.runs import SampleOptions, load_run, read_run_config
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 
@@ -86,17 +87,17 @@ def train_missing(name: str, out: Path, cfg: VaeVsGanConfig, progress: bool) -> 
     overrides = dict(seed=cfg.seed, device=cfg.device)
     say(f"vae-vs-gan: training the {name} ({', '.join(f'{k} {v}' for k, v in cfg.budget.items())}) into {out}")
     if name == "vae":
-        from trilemma.train.vae import train_vae
+        from trilemma.vae.train import train_vae
 
-        train_vae(out, batch_size=128, lr=1e-3, train_overrides=overrides, **common)
+        train_vae(out, batch_size=128, lr=1e-3, **overrides, **common)
     elif name == "gan":
-        from trilemma.train.gan import train_gan
+        from trilemma.gan.train import train_gan
 
-        train_gan(out, batch_size=64, lr=2e-4, train_overrides=overrides, **common)
+        train_gan(out, batch_size=64, lr=2e-4, **overrides, **common)
     else:
-        from trilemma.train.diffusion import train_ddpm
+        from trilemma.ddpm.train import train_ddpm
 
-        train_ddpm(out, batch_size=128, lr=1e-3, train_overrides={**overrides, "sample_every": 1000}, **common)
+        train_ddpm(out, batch_size=128, lr=1e-3, **{**overrides, "sample_every": 1000}, **common)
     return out
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from trilemma.errors import TrilemmaError
+from trilemma.options import in_range, int_in, opt
 
 GLoss = Literal["minimax", "nonsaturating"]
 
@@ -27,7 +28,7 @@ class DCGANConfig:
 
     image_size: int = 28
     channels: int = 1
-    z_dim: int = 100                  # dimension of the noise z ~ N(0, I)
+    z_dim: int = opt(100, "dimension of the noise z ~ N(0, I)", check=int_in(1, 65536))
     g_channels: int = 64              # G's widest-resolution width (ngf); doubles at every lower resolution
     d_channels: int = 64              # D's first width (ndf); doubles at every downsampling
 
@@ -44,11 +45,12 @@ class DCGANConfig:
 class GANConfig:
     """The game of Algorithm 1 (Goodfellow et al. 2014) and its optimiser."""
 
-    g_loss: GLoss = "nonsaturating"   # minimax: min log(1 − D(G(z))); nonsaturating: min −log D(G(z))
-    k: int = 1                        # discriminator steps per generator step
-    beta1: float = 0.5                # Adam β₁ (Radford et al. 2016)
-    beta2: float = 0.999              # Adam β₂
-    ema: bool = False                 # keep an EMA of G's weights (ema.safetensors, used for sampling)
+    g_loss: GLoss = opt("nonsaturating", "generator cost: minimise log(1 − D(G(z))) or −log D(G(z))",
+                        choices=("minimax", "nonsaturating"))
+    k: int = opt(1, "discriminator steps per generator step", check=int_in(1, 100))
+    beta1: float = opt(0.5, "Adam β₁ (Radford et al. 2016)", check=in_range(0.0, 1.0, hi_open=True))
+    beta2: float = opt(0.999, "Adam β₂", check=in_range(0.0, 1.0, hi_open=True))
+    ema: bool = opt(False, "keep an EMA of G (decay --ema-decay) and sample from it")
 
     def __post_init__(self):
         if self.g_loss not in ("minimax", "nonsaturating"):

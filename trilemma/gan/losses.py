@@ -1,4 +1,4 @@
-"""The GAN's costs (Goodfellow et al. 2014; METHODS.md §2), per sample, from D's logits l.
+"""The GAN's costs (Goodfellow et al. 2014; docs/methods.md §2), per sample, from D's logits l.
 
 D(x) = σ(l). Every log-probability is written with softplus, never as the log of
 a probability (which is −∞ once σ(l) rounds to 0 or 1):

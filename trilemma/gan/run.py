@@ -16,8 +16,7 @@ from trilemma.config import from_dict
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.gan.config import DCGANConfig, GANConfig
 from trilemma.gan.networks import Discriminator, Generator
-from trilemma.runs import GeneratorRun, SampleOptions
-from trilemma.train.common import load_weights
+from trilemma.run import GeneratorRun, SampleOptions, load_weights
 
 
 def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,18 @@ Layout (one small file per metric family, each citing the paper it reproduces):
 - ``evaluate.py``     the registry :data:`METRICS` and :func:`evaluate_images` / :func:`evaluate_run`.
 """
 
-from trilemma.metrics.classes import (classifier_score, js_divergence, kl_divergence, modes_hit,
-                                      total_variation)
-from trilemma.metrics.evaluate import (DEFAULT_N, METRICS, SCHEMA, SCHEMA_VERSION, EvalSettings,
-                                       as_image_batch, evaluate_images, evaluate_run)
-from trilemma.metrics.features import (DEFAULT_RECIPE, FEATURE_CODE_VERSION, FeatureNetwork,
-                                       get_feature_network)
+from trilemma.metrics.classes import classifier_score, js_divergence, kl_divergence, modes_hit, total_variation
+from trilemma.metrics.evaluate import (
+                                      DEFAULT_N,
+                                      METRICS,
+                                      SCHEMA,
+                                      SCHEMA_VERSION,
+                                      EvalSettings,
+                                      as_image_batch,
+                                      evaluate_images,
+                                      evaluate_run,
+)
+from trilemma.metrics.features import DEFAULT_RECIPE, FEATURE_CODE_VERSION, FeatureNetwork, get_feature_network
 from trilemma.metrics.fid import fid, frechet_distance, gaussian_stats
 from trilemma.metrics.kid import kid, mmd2_unbiased
 from trilemma.metrics.memorisation import exact_copy_fraction, memorisation, nearest_distances

@@ -10,7 +10,7 @@ All are in float64 and use natural logarithms (nats).
 - **Modes hit**: the number of classes that receive at least ``threshold`` of the
   samples (argmax class). A model that drops a class shows it here directly.
 - **KL, JS and total variation** between the real and the generated class
-  histograms (the lecture's divergences, METHODS.md §3, on a finite space):
+  histograms (the lecture's divergences, docs/methods.md §3, on a finite space):
   ``KL(P||Q) = Σ p log(p/q)``; ``JS = ½KL(P||M) + ½KL(Q||M)``, ``M = (P+Q)/2``,
   in ``[0, log 2]``; ``TV = ½ Σ |p - q|`` in ``[0, 1]``. P is the real histogram,
   Q the generated one. KL(P||Q) is infinite when a real class gets no sample, so

@@ -243,7 +243,7 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample ``n`` images from ``run``, timing the sampler on the way, and score them.
 
-    ``run`` follows :mod:`trilemma.runs` (``sample_batch``, ``nfe``, ``generator``,
+    ``run`` follows :mod:`trilemma.run` (``sample_batch``, ``nfe``, ``generator``,
     ``data_config``, ``device``...); ``options`` is a ``SampleOptions`` (default:
     the run's defaults). The images are those ``run.generate(n, seed=seed,
     batch_size=batch_size)`` gives; speed comes from the same batches
@@ -251,7 +251,7 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_
     batches only when ``n`` is under two batches). Adds ``speed`` and the run as
     ``source`` to :func:`evaluate_images`' result.
     """
-    from trilemma.runs import SampleOptions
+    from trilemma.run import SampleOptions
 
     t_start = time.perf_counter()
     options = options if options is not None else SampleOptions()

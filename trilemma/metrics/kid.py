@@ -6,7 +6,7 @@ Bińkowski et al. 2018, "Demystifying MMD GANs", §4 / Appendix: with
     MMD²_u = 1/(m(m-1)) Σ_{i≠j} k(x_i, x_j) + 1/(m(m-1)) Σ_{i≠j} k(y_i, y_j)
              - 2/m² Σ_{i,j} k(x_i, y_j)
 
-(the lecture's MMD² = E k(x,x') + E k(y,y') - 2 E k(x,y), §3 of METHODS.md, with
+(the lecture's MMD² = E k(x,x') + E k(y,y') - 2 E k(x,y), §3 of docs/methods.md, with
 the diagonal terms dropped so the estimate is unbiased: it can be slightly
 negative when both samples come from one distribution). Like the reference
 implementation, it is averaged over random subsets (drawn without replacement

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trilemma.metrics.features import (FeatureNetwork, canonical_data_config, dataset_fingerprint,
-                                       dataset_slug)
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.metrics.features import FeatureNetwork, canonical_data_config, dataset_fingerprint, dataset_slug
 from trilemma.metrics.fid import gaussian_stats
 from trilemma.metrics.memorisation import nearest_distances
 from trilemma.metrics.prdc import knn_radii
-from trilemma.errors import RunError, TrilemmaError
 from trilemma.utils.io import load_tensors, save_tensors
 from trilemma.utils.paths import cache_dir, stable_hash
 

@@ -27,8 +27,17 @@ import torch
 from torch import nn
 
 from trilemma.errors import TrilemmaError
-from trilemma.nets.layers import (Downsample, ResBlock, SelfAttention, TransformerBlock, Upsample, group_norm,
-                                  sinusoidal_embedding, zero_init)
+from trilemma.options import check_fields, in_range, int_in, opt
+from trilemma.nets.layers import (
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    TransformerBlock,
+    Upsample,
+    group_norm,
+    sinusoidal_embedding,
+    zero_init,
+)
 
 
 @dataclass(frozen=True)
@@ -38,17 +47,19 @@ class UNetConfig:
     image_size: int = 32                      # H = W of the input
     in_channels: int = 1                      # 1 (grey) or 3 (RGB), or latent channels
     out_channels: int | None = None           # defaults to in_channels
-    base_channels: int = 64                   # width of level 0
+    base_channels: int = opt(64, "width of the first level (overrides the preset's)", check=int_in(1, 4096))
     channel_mults: tuple[int, ...] = (1, 2, 2)  # width of level i = base_channels · channel_mults[i]
-    num_res_blocks: int = 2                   # ResNet blocks per level on the way down
-    attn_resolutions: tuple[int, ...] = (7,)  # apply attention at levels of these sizes
+    num_res_blocks: int = opt(2, "ResNet blocks per level on the way down", check=int_in(1, 64))
+    attn_resolutions: tuple[int, ...] = opt((7,), "comma-separated level sizes with attention blocks, e.g. 8,4",
+                                            metavar="SIZES")
     num_heads: int = 4                        # attention heads
-    dropout: float = 0.1                      # dropout inside ResNet blocks
+    dropout: float = opt(0.1, "dropout inside ResNet blocks", check=in_range(0.0, 1.0, hi_open=True))
     num_classes: int = 0                      # > 0: class-conditional (plus a null class)
     context_dim: int = 0                      # > 0: cross-attention to a context of this width
     scale_shift: bool = True                  # embedding as GroupNorm scale/shift (Nichol & Dhariwal 2021)
 
     def __post_init__(self):
+        check_fields(self)
         if self.image_size < 4:
             raise TrilemmaError(f"--image-size: the U-Net needs images of at least 4 pixels, got {self.image_size}")
         if not self.channel_mults or min(self.channel_mults) < 1:

@@ -1,6 +1,6 @@
 """What every trainer shares: options, LR schedule, EMA, budget, checkpoints, logging, Ctrl-C.
 
-A trainer is a short, flat loop (see :mod:`trilemma.train.diffusion`); the
+A trainer is a short, flat loop (see :mod:`trilemma.ddpm.train`); the
 pieces here keep those loops short without hiding them. Checkpoint layout of a
 run folder::
 
@@ -33,47 +33,45 @@ import torch
 from torch import nn
 
 from trilemma.errors import RunError, TrilemmaError
+from trilemma.options import (check_fields, in_range, int_in, nonneg, nonneg_int, opt, optional,
+                              positive_int)
+from trilemma.run import load_weights, save_weights
 from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
+
+
+LR_DECAYS = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options shared by every trainer (``--steps``, ``--minutes``, ``--batch-size`` …)."""
+    """Options shared by every trainer (``--steps``, ``--minutes``, ``--batch-size`` …): the ``"train"`` section."""
 
-    steps: int | None = None          # total optimiser steps (counted across resumes)
-    minutes: float | None = None      # or: total wall-clock training minutes (across resumes)
-    batch_size: int = 128
-    lr: float = 2e-4                  # peak learning rate (AdamW)
-    warmup_steps: int = 100           # linear LR warm-up
-    lr_decay: str = "constant"        # after warm-up: "constant" or "cosine" (to 0 at the end of the budget)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0            # max global gradient norm (0 = off)
-    ema_decay: float = 0.999          # EMA of the weights, used for sampling
-    seed: int = 0
-    log_every: int = 10               # steps between metrics.jsonl lines
-    sample_every: int = 0             # steps between sample grids (0 = only at the end)
-    checkpoint_every: int = 500       # steps between checkpoints (and always at the end)
-    bf16: bool = False                # bf16 autocast for the forward pass
-    device: str = "auto"              # "auto" = CUDA when present
+    steps: int | None = opt(None, "total optimiser steps (counted across resumes)", check=optional(positive_int))
+    minutes: float | None = opt(None, "or: total wall-clock training minutes (counted across resumes)",
+                                check=optional(in_range(1e-6, 10**7)))
+    batch_size: int = opt(128, "images per optimiser step", check=int_in(1, 2**20))
+    lr: float = opt(2e-4, "peak learning rate", check=in_range(1e-12, 10.0))
+    warmup_steps: int = opt(100, "linear learning-rate warm-up steps", check=nonneg_int)
+    lr_decay: str = opt("constant", "after warm-up: constant, or cosine to 0 at the end of the --steps/--minutes "
+                        "budget", choices=LR_DECAYS)
+    weight_decay: float = opt(0.0, "AdamW weight decay", check=nonneg)
+    grad_clip: float = opt(1.0, "max global gradient norm (0 = off)", check=nonneg)
+    ema_decay: float = opt(0.999, "decay of the EMA of the weights (used for sampling)",
+                           check=in_range(0.0, 1.0, hi_open=True))
+    seed: int = opt(0, "seed of the initial weights, data order and noise", check=nonneg_int)
+    log_every: int = opt(10, "steps between metrics.jsonl lines", check=int_in(1))
+    sample_every: int = opt(0, "steps between sample grids (0 = only at the end)", check=nonneg_int)
+    checkpoint_every: int = opt(500, "steps between checkpoints (and always at the end)", check=int_in(1))
+    bf16: bool = opt(False, "bf16 autocast for the forward pass (faster on recent CPUs and GPUs)")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1 …")
 
     def __post_init__(self):
+        check_fields(self)
         if (self.steps is None) == (self.minutes is None):
             raise TrilemmaError("give a training budget: exactly one of --steps or --minutes")
-        if self.steps is not None and self.steps <= 0:
-            raise TrilemmaError(f"--steps: must be a positive integer, got {self.steps}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise TrilemmaError(f"--minutes: must be > 0, got {self.minutes}")
-        if self.batch_size <= 0:
-            raise TrilemmaError(f"--batch-size: must be a positive integer, got {self.batch_size}")
-        if not self.lr > 0:
-            raise TrilemmaError(f"--lr: must be > 0, got {self.lr}")
-        if self.lr_decay not in LR_DECAYS:
-            raise TrilemmaError(f"--lr-decay: must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise TrilemmaError(f"--ema-decay: must be in [0, 1), got {self.ema_decay}")
 
 
-LR_DECAYS = ("constant", "cosine")
+
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, decay: str = "constant",
@@ -135,27 +133,36 @@ class Budget:
 
 
 class Interrupt:
-    """Turn the first Ctrl-C (SIGINT) into a flag the loop checks; a second one aborts."""
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a flag the loop checks; a second one aborts.
+
+    SIGTERM is what ``timeout``, systemd, Slurm and Kubernetes send before killing a job: the loop
+    then saves a checkpoint and stops, exactly as for Ctrl-C.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:            # not in the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -222,20 +229,6 @@ def rng_from_tensors(tensors: dict[str, torch.Tensor], generators: dict[str, tor
             torch.cuda.set_rng_state_all(states)
     for name, g in generators.items():
         g.set_state(tensors[f"gen.{name}"])
-
-
-def save_weights(path: Path, module: nn.Module, step: int) -> None:
-    save_tensors(path, module.state_dict(), metadata={"step": str(step), "format": "trilemma"})
-
-
-def load_weights(path: Path, module: nn.Module, device: torch.device | str = "cpu") -> int:
-    """Load a weights file into ``module`` (strict); returns the step it was saved at."""
-    tensors = load_tensors(path, device)
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise RunError(f"{path}: weights do not match the model in config.json "
-                       f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    return int(tensors_metadata(path).get("step", -1))
 
 
 @dataclass
@@ -326,12 +319,12 @@ class EpochSampler:
         self.pos = int(state["pos"][0])
 
 
-def grad_norm_and_clip(parameters, max_norm: float) -> float:
-    """Clip the global gradient norm to ``max_norm`` (if > 0) and return the norm before clipping."""
+def grad_norm_and_clip(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (if > 0); the norm before clipping, a 0-d tensor (no sync)."""
     params = [p for p in parameters if p.grad is not None]
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
 
 
 def format_eta(seconds: float) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from trilemma.errors import TrilemmaError
+from trilemma.options import int_in, nonneg, opt, positive
 
 
 @dataclass(frozen=True)
@@ -14,8 +15,8 @@ class VAENetConfig:
 
     image_size: int = 28
     channels: int = 1                 # image channels (1 grey, 3 RGB)
-    latent_dim: int = 16              # dimension of z
-    base_channels: int = 32           # width after the first stride-2 conv; doubles at every further one
+    latent_dim: int = opt(16, "dimension of z (overrides the preset's)", check=int_in(1, 65536))
+    base_channels: int = opt(32, "width after the first stride-2 conv; doubles at every further one", check=int_in(1, 4096))
     max_downsamples: int = 3          # stride-2 convs, while the map stays even and ≥ 4 px
     blocks_per_level: int = 0         # extra 3×3 convs after each stride-2 (transposed) conv
     hidden_dim: int = 256             # width of the fully connected layer before (μ, log σ²)
@@ -72,11 +73,12 @@ class VAEConfig:
       with the 256-level Gaussian numbers.
     """
 
-    likelihood: Likelihood = "gaussian"
-    variance: Literal["fixed", "learned"] = "learned"
-    sigma: float = 0.1                # fixed σ, or the initial σ when learned (pixels in [−1, 1])
-    discretised: bool = True          # gaussian: 256-bin likelihood (True) or continuous density
-    beta: float = 1.0                 # weight of the KL term (β-VAE, Higgins et al. 2017); 1 = the ELBO
+    likelihood: Likelihood = opt("gaussian", "p(x|z): discretised Gaussian over 256 levels, or Bernoulli on "
+                                 "binarised pixels", choices=("gaussian", "bernoulli"))
+    variance: Literal["fixed", "learned"] = opt("learned", "Gaussian σ", choices=("fixed", "learned"))
+    sigma: float = opt(0.1, "fixed σ, or the initial σ when learned (pixels in [−1, 1])", check=positive)
+    discretised: bool = opt(True, "Gaussian: the 256-bin probability (--no-discretised: a continuous density)")
+    beta: float = opt(1.0, "weight of the KL term (β-VAE, Higgins et al. 2017); 1 = the ELBO", check=nonneg)
 
     def __post_init__(self):
         if self.likelihood not in ("gaussian", "bernoulli"):

@@ -1,4 +1,4 @@
-"""The VAE objective as per-sample functions named after the maths (METHODS.md §1).
+"""The VAE objective as per-sample functions named after the maths (docs/methods.md §1).
 
     ELBO(x) = E_{q_φ(z|x)}[log p_θ(x|z)] − KL(q_φ(z|x) ‖ p(z)),   p(z) = N(0, I)
 

@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 from trilemma.config import from_dict
 from trilemma.data import ImageDataset
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.runs import GeneratorRun, SampleOptions
-from trilemma.train.common import load_weights
+from trilemma.run import GeneratorRun, SampleOptions, load_weights
 from trilemma.vae.config import VAEConfig, VAENetConfig
 from trilemma.vae.losses import binarise, elbo_terms
 from trilemma.vae.networks import VAE

@@ -1,4 +1,4 @@
-"""Image-to-image with a prompt: SDEdit (Meng et al. 2022; METHODS.md §8).
+"""Image-to-image with a prompt: SDEdit (Meng et al. 2022; docs/methods.md §8).
 
     z_0  = E(x)                                   (the run's space: patches or scaled latents)
     t₀   = round(strength · T)
@@ -21,7 +21,7 @@ import torch
 
 from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
 from trilemma.errors import TrilemmaError
-from trilemma.runs import SampleOptions
+from trilemma.run import SampleOptions
 
 DEFAULT_STEPS = 50
 
@@ -44,7 +44,7 @@ def edit_images(run, images: torch.Tensor, prompt: str, strength: float, options
                 generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """SDEdit ``images`` (B, C, H, W) in [-1, 1] towards ``prompt``; returns images in [-1, 1] on the run's device.
 
-    ``run`` is a :class:`~trilemma.text.pipeline.TextDiffusionRun`; ``options`` sets the sampler,
+    ``run`` is a :class:`~trilemma.t2i.run.TextDiffusionRun`; ``options`` sets the sampler,
     steps, η, guidance and negative prompt (its ``prompt`` is replaced by ``prompt``).
     """
     options = dataclasses.replace(options or SampleOptions(), prompt=prompt)

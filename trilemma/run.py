@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from trilemma.data import DataConfig, to_uint8
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.utils.device import pick_device
-from trilemma.utils.io import read_json
+from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata
 
 
 @dataclass(frozen=True)
@@ -109,52 +109,6 @@ class GeneratorRun:
         return 1
 
 
-def _diffusion_run():
-    from trilemma.diffusion.pipeline import DiffusionRun
-
-    return DiffusionRun
-
-
-def _vae_run():
-    from trilemma.vae.run import VAERun
-
-    return VAERun
-
-
-def _gan_run():
-    from trilemma.gan.run import GANRun
-
-    return GANRun
-
-
-def _autoencoder_run():
-    from trilemma.latent.run import AutoencoderRun
-
-    return AutoencoderRun
-
-
-def _ldm_run():
-    from trilemma.latent.pipeline import LatentDiffusionRun
-
-    return LatentDiffusionRun
-
-
-def _t2i_run():
-    from trilemma.text.pipeline import TextDiffusionRun
-
-    return TextDiffusionRun
-
-
-# kind -> a function returning the GeneratorRun subclass (imported lazily, so `trilemma --help` stays fast).
-RUN_KINDS: dict[str, Callable[[], type[GeneratorRun]]] = {"ddpm": _diffusion_run, "vae": _vae_run, "gan": _gan_run,
-                                                          "autoencoder": _autoencoder_run, "ldm": _ldm_run,
-                                                          "t2i": _t2i_run}
-
-
-def register_run_kind(kind: str, loader: Callable[[], type[GeneratorRun]]) -> None:
-    RUN_KINDS[kind] = loader
-
-
 def read_run_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
@@ -167,15 +121,19 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_run(path: str | Path, device: str | torch.device | None = None) -> GeneratorRun:
-    """Load any run folder for sampling (EMA weights when the run has them)."""
-    config = read_run_config(path)
-    kind = config["kind"]
-    if kind not in RUN_KINDS:
-        raise RunError(f"{path}: unknown run kind {kind!r} (known: {', '.join(sorted(RUN_KINDS))})")
-    device = device if isinstance(device, torch.device) else pick_device(device)
-    return RUN_KINDS[kind]()(Path(path), config, device)
-
-
 def grid_rows(n: int) -> int:
     return max(1, math.ceil(math.sqrt(n)))
+
+
+def save_weights(path: Path, module: nn.Module, step: int) -> None:
+    save_tensors(path, module.state_dict(), metadata={"step": str(step), "format": "trilemma"})
+
+
+def load_weights(path: Path, module: nn.Module, device: torch.device | str = "cpu") -> int:
+    """Load a weights file into ``module`` (strict); returns the step it was saved at."""
+    tensors = load_tensors(path, device)
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path}: weights do not match the model in config.json "
+                       f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return int(tensors_metadata(path).get("step", -1))

@@ -2,9 +2,9 @@
 
     trilemma eval RUN --prompts shapes                  (or fashion-mnist-captions, mnist-5k-captions)
 
-**shapes**: :func:`~trilemma.text.shapes.benchmark_prompts` (n prompts, the four kinds in turn)
+**shapes**: :func:`~trilemma.t2i.shapes.benchmark_prompts` (n prompts, the four kinds in turn)
 are drawn once per guidance weight w from the same noise, and every image is checked by the
-exact scorer of :mod:`trilemma.text.shapes` per category (object, colour, count, position,
+exact scorer of :mod:`trilemma.t2i.shapes` per category (object, colour, count, position,
 binding) and overall. Two references come with it:
 
 - **w = 0** is the same network's unconditional prediction ε̃ = ε(∅) (the formula at w = 0):
@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trilemma.errors import TrilemmaError
-from trilemma.runs import SampleOptions
+from trilemma.run import SampleOptions
 
 BENCHMARKS = ("shapes", "fashion-mnist-captions", "mnist-5k-captions")
 DEFAULT_GUIDANCES = (0.0, 1.0, 3.0, 5.0, 7.0)
@@ -67,7 +67,7 @@ def evaluate_prompts(run, benchmark: str = "shapes", *, n: int | None = None,
     ``n``: prompts (shapes; default 200) or images per template set (captioned classes; default 200).
     Returns a JSON-able dict; :func:`format_prompt_table` prints it.
     """
-    from trilemma.text.pipeline import TextDiffusionRun
+    from trilemma.t2i.run import TextDiffusionRun
 
     if not isinstance(run, TextDiffusionRun):
         raise TrilemmaError(f"--prompts: {run.path} is a {run.kind!r} run, not a text-to-image (t2i) run")
@@ -100,7 +100,7 @@ def _bar(total: int, desc: str, progress: bool):
 
 def _shapes(run, n, guidances, options, seed, batch_size, progress) -> dict[str, Any]:
     from trilemma.data import load_dataset
-    from trilemma.text import shapes
+    from trilemma.t2i import shapes
 
     if run.data_config.name != "shapes":
         raise TrilemmaError(f"--prompts shapes: {run.path} was trained on {run.data_config.name}, not shapes")
@@ -122,7 +122,7 @@ def _shapes(run, n, guidances, options, seed, batch_size, progress) -> dict[str,
 def _classes(run, benchmark, n, guidances, options, seed, batch_size, progress, log) -> dict[str, Any]:
     from trilemma.data import DataConfig
     from trilemma.metrics import get_feature_network
-    from trilemma.text import captions as caps
+    from trilemma.t2i import captions as caps
 
     if run.data_config.name != benchmark:
         raise TrilemmaError(f"--prompts {benchmark}: {run.path} was trained on {run.data_config.name}")

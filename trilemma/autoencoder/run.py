@@ -6,7 +6,7 @@ the moments of the latents μ_φ(x) over the training set and the **scale factor
 Latents outside this module are always the *scaled* ones, z = s · μ_φ(x): the variable the
 diffusion model sees. The weights are ``ema.safetensors`` (used when present) or ``model.safetensors``.
 
-As a :class:`~trilemma.runs.GeneratorRun` an autoencoder decodes z ~ N(0, I): what its latent
+As a :class:`~trilemma.run.GeneratorRun` an autoencoder decodes z ~ N(0, I): what its latent
 space gives *without* a diffusion prior — a baseline for ``trilemma eval``, not a generator.
 """
 
@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from trilemma.autoencoder.config import AutoencoderConfig
+from trilemma.autoencoder.losses import psnr
+from trilemma.autoencoder.networks import Autoencoder
 from trilemma.config import from_dict
 from trilemma.data import ImageDataset, to_uint8
 from trilemma.errors import RunError
-from trilemma.latent.autoencoder import Autoencoder, AutoencoderConfig, psnr
 from trilemma.metrics.evaluate import MIN_IMAGES
-from trilemma.runs import GeneratorRun, SampleOptions, read_run_config
-from trilemma.train.common import load_weights
+from trilemma.run import GeneratorRun, SampleOptions, load_weights, read_run_config
 
 AUTOENCODER_DIR = "autoencoder"      # where an ldm run keeps its copy of the autoencoder
 

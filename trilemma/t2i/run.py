@@ -1,10 +1,10 @@
-"""A trained text-to-image model: a diffusion run whose conditioning is a prompt (METHODS.md §8).
+"""A trained text-to-image model: a diffusion run whose conditioning is a prompt (docs/methods.md §8).
 
-    τ(y) = frozen text encoder (:mod:`trilemma.text.encoder`), per-token states + padding mask
+    τ(y) = frozen text encoder (:mod:`trilemma.t2i.encoder`), per-token states + padding mask
     ε_θ(x_t, t, τ(y))            the U-Net, with cross-attention to τ(y) in its transformer blocks
     ε̃ = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, y) − ε_θ(x_t, t, ∅))     classifier-free guidance
 
-:class:`TextDiffusionRun` *is* a :class:`~trilemma.diffusion.pipeline.DiffusionRun`: same
+:class:`TextDiffusionRun` *is* a :class:`~trilemma.ddpm.run.DiffusionRun`: same
 schedule, samplers and :class:`~trilemma.diffusion.denoiser.Denoiser` (which batches the
 conditional and unconditional halves); it only overrides :meth:`conditioning` (encode
 ``options.prompt``, and ``options.negative`` in place of ∅) and :meth:`decode`.
@@ -16,14 +16,13 @@ Where diffusion happens (``config.json["text"]`` and ``["autoencoder"]``):
   a permutation of the pixels, so the forward process, the loss and the samplers are exactly
   those of pixel space; only the network works at 1/p the resolution (≈3× faster on a CPU
   for p = 2, as patch embeddings in U-ViT / DiT / Simple Diffusion);
-- **latents** of an autoencoder run (``--autoencoder RUN_AE``, :mod:`trilemma.latent`):
+- **latents** of an autoencoder run (``--autoencoder RUN_AE``, :mod:`trilemma.autoencoder`):
   z = s · μ_φ(x), decoded by D(z / s); the run keeps its own copy in ``RUN/autoencoder/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,27 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from trilemma.config import from_dict
-from trilemma.diffusion.pipeline import DiffusionRun
+from trilemma.ddpm.run import DiffusionRun
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.runs import SampleOptions
-from trilemma.text.encoder import DEFAULT_ENCODER, MAX_LENGTH, TextEncoder, get_encoder
+from trilemma.run import SampleOptions
+from trilemma.t2i.config import T2IConfig
+from trilemma.t2i.encoder import TextEncoder, get_encoder
 
 AUTOENCODER_DIR = "autoencoder"
-
-
-@dataclass(frozen=True)
-class T2IConfig:
-    """The ``"text"`` section of a t2i run's config.json."""
-
-    encoder: str = DEFAULT_ENCODER      # "all-MiniLM-L6-v2" (the PyPI package) or a local HF folder path
-    max_length: int = MAX_LENGTH        # tokens kept per prompt
-    patch: int = 1                      # pixel space: U-Net on p×p patches (space-to-depth); 1 = plain pixels
-
-    def __post_init__(self):
-        if self.patch < 1:
-            raise TrilemmaError(f"--patch: must be >= 1, got {self.patch}")
-        if self.max_length < 2:
-            raise TrilemmaError(f"max_length: must be >= 2 tokens, got {self.max_length}")
 
 
 class PixelSpace:
@@ -81,8 +66,8 @@ def load_space(path: Path, config: dict[str, Any], text: T2IConfig, device: torc
     """The run's PixelSpace, or its autoencoder (checked against the SHA-256 in config.json)."""
     if not config.get("autoencoder"):
         return PixelSpace(text.patch)
-    from trilemma.latent.run import AutoencoderRun, file_digest
-    from trilemma.runs import read_run_config
+    from trilemma.autoencoder.run import AutoencoderRun, file_digest
+    from trilemma.run import read_run_config
 
     ae_dir = path / AUTOENCODER_DIR
     if not (ae_dir / "config.json").is_file():
