@@ -159,7 +159,7 @@ def test_eval_a_run_then_compare_reuses_its_eval_json(cache, ddpm_run, samples, 
 
 
 def test_compare_names_the_sampler_only_where_one_applies():
-    from trilemma.cli.compare import sampling_text
+    from trilemma.metrics.report import sampling_text
 
     ddim = {"sampler": "ddim", "steps": 50}
     assert sampling_text({"source": {"kind": "run", "run_kind": "ddpm", "sampling": ddim}}) == "ddim 50 steps"

@@ -13,7 +13,7 @@ from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.errors import TrilemmaError
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions
-from trilemma.t2i import shapes
+from trilemma.data import shapes
 from trilemma.t2i.edit import edit_images, edit_timesteps
 from trilemma.t2i.run import TextDiffusionRun
 from trilemma.t2i import train as t2i

@@ -10,8 +10,8 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import DataError, TrilemmaError
-from trilemma.t2i import captions as caps
-from trilemma.t2i import shapes
+from trilemma.data import captions as caps
+from trilemma.data import shapes
 from trilemma.t2i.encoder import TextEncoder, pad_tokens
 
 

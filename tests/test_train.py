@@ -75,6 +75,11 @@ def fit_digits(out, steps, resume=False, preview=None, **train_options):
                progress=False)
 
 
+def press_ctrl_c_at_step_3(ema_model, step):
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_resume_continues(tmp_path, sig):
     def press_at_step_3(ema_model, step):

@@ -246,7 +246,8 @@ def build(cls: type, values: dict[str, Any], **fixed: Any):
             continue
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[f.name] = build(tp, values)
+            given = values.get(f.name)                       # a whole nested config given in Python
+            kwargs[f.name] = given if isinstance(given, tp) else build(tp, values)
         elif values.get(key_of(f)) is not None:
             kwargs[f.name] = values[key_of(f)]
     try:

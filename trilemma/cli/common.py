@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 from pathlib import Path
+
+from trilemma.metrics.report import format_value
+from trilemma.utils.console import say
+
+__all__ = ["format_value", "say"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,19 +70,3 @@ def subparser(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -
     """Add a subcommand that uses :class:`Parser` and shows defaults in --help."""
     return sub.add_parser(name, help=help, description=help,
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
-
-
-def say(message: str) -> None:
-    """Print a status line for the user (stderr, so stdout stays parseable)."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def format_value(value, digits: int = 3, missing: str = "n/a") -> str:
-    """A metric for a table or summary: ``digits`` decimals for floats, ``missing`` for None."""
-    if value is None:
-        return missing
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        return f"{value:.{digits}f}"
-    return str(value)

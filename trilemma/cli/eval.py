@@ -21,8 +21,7 @@ import numpy as np
 from trilemma.cli.common import format_value, positive_int, say, subparser
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
-
-EVAL_FILE = "eval.json"  # the latest `trilemma eval` of a run, inside the run folder
+from trilemma.metrics.evaluate import EVAL_FILE
 
 
 def register(sub: argparse._SubParsersAction) -> None:

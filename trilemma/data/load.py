@@ -32,7 +32,7 @@ def load_dataset(config: DataConfig | str, split: str = "train", **overrides: An
     if config.is_builtin:
         return load_builtin(config, split)
     if config.name in TEXT_DATASETS:
-        from trilemma.t2i.datasets import load_text_dataset
+        from trilemma.data.text import load_text_dataset
 
         return load_text_dataset(config, split)
     if os.path.exists(config.name) and not os.path.isdir(config.name):

@@ -36,6 +36,14 @@ def _concat_cond(cond: dict[str, Any], uncond: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _time_batch(t: int | float, x_t: torch.Tensor) -> torch.Tensor:
+    """(B,) copies of the step t: long if t is a whole number, else float (float64 for float64 x_t)."""
+    if float(t).is_integer():
+        return torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+    dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    return torch.full((x_t.shape[0],), float(t), device=x_t.device, dtype=dtype)
+
+
 class Denoiser:
     """Wrap ``model(x_t, t, **cond)`` into ``(ε̂, x̂₀) = denoiser(x_t, t, alpha_bar, cond)``.
 
@@ -69,10 +77,15 @@ class Denoiser:
         out_cond, out_uncond = both.chunk(2)
         return out_uncond + self.guidance * (out_cond - out_uncond)   # ε̃ = ε(∅) + w (ε(y) − ε(∅))
 
-    def __call__(self, x_t: torch.Tensor, t: int, alpha_bar: float,
+    def __call__(self, x_t: torch.Tensor, t: int | float, alpha_bar: float,
                  cond: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ε̂, x̂₀) at step ``t`` (the network's step) where ᾱ_t = ``alpha_bar``."""
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        """(ε̂, x̂₀) at step ``t`` (the network's step) where ᾱ_t = ``alpha_bar``.
+
+        An integer ``t`` reaches the network as a long tensor, as in training. A fractional
+        ``t`` (the ODE solvers' Karras and log-SNR grids fall between steps) reaches it as a
+        float tensor; the sinusoidal time embedding takes ``t.float()``, so it is defined there.
+        """
+        t_batch = _time_batch(t, x_t)
         out = self.raw(x_t, t_batch, cond).to(x_t.dtype)
         sa, s1a = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
         if self.prediction == "eps":

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trilemma.cli.common import say
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.gan.losses import GENERATOR_COSTS, discriminator_accuracy
@@ -47,6 +46,7 @@ from trilemma.gan.networks import Discriminator
 from trilemma.gan.train import discriminator_step, generator_gradient_norms, train_gan
 from trilemma.registry import load_run
 from trilemma.train.common import EpochSampler
+from trilemma.utils.console import say
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, save_figure
 
@@ -145,7 +145,7 @@ def measure_fresh_discriminator(snapshot: Path, cfg: GanGradientsConfig, epochs:
         z = torch.randn((len(x), z_dim), generator=noise_gen, device=device)
         stats = discriminator_step(G, D, opt_d, x.to(device), z)
         if d_iter % cfg.measure_every == 0 or d_iter == cfg.d_iters:
-            rows.append(measure(d_iter, stats["loss_d"]))
+            rows.append(measure(d_iter, float(stats["loss_d"])))
             bar.set_postfix_str(f"acc={rows[-1]['d_accuracy']:.3f} ‖∇‖ mm={rows[-1]['grad_norm_minimax']:.1e} "
                                 f"ns={rows[-1]['grad_norm_nonsaturating']:.1e}", refresh=False)
     return rows

@@ -40,7 +40,6 @@ import torch
 
 from trilemma.autoencoder.config import preset as ae_preset
 from trilemma.autoencoder.networks import Autoencoder
-from trilemma.cli.common import say
 from trilemma.data import load_dataset, to_uint8
 from trilemma.errors import TrilemmaError
 from trilemma.ldm.config import latent_unet_preset
@@ -48,6 +47,7 @@ from trilemma.nets.unet import UNet, count_parameters
 from trilemma.nets.unet import preset as unet_preset
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
+from trilemma.utils.console import say
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 

@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 
-from trilemma.cli.common import say
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.experiments.sharpness import sharpness_summary
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
+from trilemma.utils.console import say
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 
@@ -130,8 +130,8 @@ def budget_text(b: dict[str, Any]) -> str:
 
 def evaluate(path: Path, options: SampleOptions, cfg: VaeVsGanConfig, progress: bool) -> dict[str, Any]:
     """The trilemma metrics of a run (``RUN/eval.json`` reused when it was made with the same n and sampling)."""
-    from trilemma.cli.eval import EVAL_FILE
     from trilemma.metrics import evaluate_run
+    from trilemma.metrics.evaluate import EVAL_FILE
 
     cached = path / EVAL_FILE
     if cached.is_file():
@@ -257,7 +257,7 @@ def run_vae_vs_gan(cfg: VaeVsGanConfig, out: str | Path, runs: dict[str, str | N
 
 def write_report(results: dict[str, dict[str, Any]], cfg: VaeVsGanConfig, out: Path) -> dict[str, Any]:
     """``report.md``, ``results.json`` and ``trilemma.png`` from the per-model results."""
-    from trilemma.cli.compare import markdown_table, plot_trilemma
+    from trilemma.metrics.report import markdown_table, plot_trilemma
 
     rows = [(NAMES[k], results[k]["metrics"]) for k in ("real", *MODELS)]
     plot_trilemma(rows[1:], out / "trilemma.png")

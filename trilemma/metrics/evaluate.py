@@ -83,6 +83,9 @@ class Inputs:
 METRICS: dict[str, Callable[[Inputs], dict[str, dict[str, Any]]]] = {}
 
 
+EVAL_FILE = "eval.json"  # the latest `trilemma eval` of a run, inside the run folder
+
+
 def metric(name: str):
     """Register a metric function ``Inputs -> {section: {key: value}}`` under ``name``."""
     def register(fn):

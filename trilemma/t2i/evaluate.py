@@ -2,9 +2,9 @@
 
     trilemma eval RUN --prompts shapes                  (or fashion-mnist-captions, mnist-5k-captions)
 
-**shapes**: :func:`~trilemma.t2i.shapes.benchmark_prompts` (n prompts, the four kinds in turn)
+**shapes**: :func:`~trilemma.data.shapes.benchmark_prompts` (n prompts, the four kinds in turn)
 are drawn once per guidance weight w from the same noise, and every image is checked by the
-exact scorer of :mod:`trilemma.t2i.shapes` per category (object, colour, count, position,
+exact scorer of :mod:`trilemma.data.shapes` per category (object, colour, count, position,
 binding) and overall. Two references come with it:
 
 - **w = 0** is the same network's unconditional prediction ε̃ = ε(∅) (the formula at w = 0):
@@ -99,8 +99,7 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def _shapes(run, n, guidances, options, seed, batch_size, progress) -> dict[str, Any]:
-    from trilemma.data import load_dataset
-    from trilemma.t2i import shapes
+    from trilemma.data import load_dataset, shapes
 
     if run.data_config.name != "shapes":
         raise TrilemmaError(f"--prompts shapes: {run.path} was trained on {run.data_config.name}, not shapes")
@@ -121,8 +120,8 @@ def _shapes(run, n, guidances, options, seed, batch_size, progress) -> dict[str,
 
 def _classes(run, benchmark, n, guidances, options, seed, batch_size, progress, log) -> dict[str, Any]:
     from trilemma.data import DataConfig
+    from trilemma.data import captions as caps
     from trilemma.metrics import get_feature_network
-    from trilemma.t2i import captions as caps
 
     if run.data_config.name != benchmark:
         raise TrilemmaError(f"--prompts {benchmark}: {run.path} was trained on {run.data_config.name}")

@@ -27,6 +27,7 @@ from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.run import load_autoencoder
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
+from trilemma.data.text import require_captions
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.losses import diffusion_loss
@@ -38,7 +39,6 @@ from trilemma.ldm.train import LatentSource, autoencoder_info, copy_autoencoder,
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.options import build, overrides
 from trilemma.t2i.config import T2IConfig
-from trilemma.t2i.datasets import require_captions
 from trilemma.t2i.encoder import TextEncoder, get_encoder, pad_tokens
 from trilemma.t2i.run import AUTOENCODER_DIR, PixelSpace, load_space, pixel_shape, text_conditioning
 from trilemma.train.common import TrainConfig

@@ -14,11 +14,11 @@ from trilemma.errors import DataError
 def load_text_dataset(config, split: str):
     """One split of a captioned dataset named in ``trilemma.data.config.TEXT_DATASETS``."""
     if config.name == "shapes":
-        from trilemma.t2i.shapes import load_shapes
+        from trilemma.data.shapes import load_shapes
 
         return load_shapes(config, split)
     if config.name in ("fashion-mnist-captions", "mnist-5k-captions"):
-        from trilemma.t2i.captions import load_captioned
+        from trilemma.data.captions import load_captioned
 
         return load_captioned(config, split)
     raise DataError(f"unknown captioned dataset {config.name!r}")
