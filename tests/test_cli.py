@@ -81,7 +81,7 @@ def test_demo_end_to_end_with_a_tiny_budget(capsys, tmp_path):
     (["train", "ddpm", "--out", "x", "--steps", "abc"], ["--steps", "abc"]),
     (["train", "ddpm", "--out", "x", "--schedule", "exp", "--steps", "2"], ["--schedule"]),
     (["sample", "RUN", "--eta", "2"], ["--eta"]),
-    (["sample", "RUN", "--sampler", "euler"], ["--sampler"]),
+    (["sample", "RUN", "--sampler", "plms"], ["--sampler"]),
     (["show", "nothing"], ["nothing"]),
     (["train", "ddpm", "--out", "x", "--steps", "1", "--minutes", "2"], ["--minutes"]),
 ])

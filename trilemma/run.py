@@ -27,10 +27,10 @@ from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_met
 class SampleOptions:
     """How to draw samples. Diffusion runs use the sampler fields; other kinds ignore them."""
 
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: str = "ddim"                 # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler
     steps: int | None = None              # DDIM: default 50; DDPM: default T (respaced when fewer)
     eta: float = 0.0                      # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
-    spacing: Literal["leading", "trailing", "linspace"] = "trailing"
+    spacing: str = "trailing"             # leading, trailing, linspace (+ karras, logsnr for the solvers)
     variance: Literal["beta", "beta_tilde"] = "beta_tilde"   # DDPM σ_t²
     clip: bool | None = None              # clamp x̂₀ to [-1, 1]; None = the run's default
     guidance: float = 1.0                 # classifier-free guidance weight w

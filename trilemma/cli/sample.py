@@ -7,16 +7,22 @@ from pathlib import Path
 import numpy as np
 
 from trilemma.cli.common import nonneg_int, positive_int, say, subparser, unit_float
+from trilemma.diffusion.samplers import SAMPLERS, SOLVER_SPACINGS
 
 
 def add_sampler_args(p) -> None:
     """Sampler options shared by `sample`, `eval`, `show trajectory` …"""
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="diffusion runs: the sampler")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="diffusion runs: ddpm (Algorithm 2), ddim, or a fast ODE solver (docs/methods.md §10): "
+                        "dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="sampling steps (DDIM default 50; DDPM default all T, fewer = respaced)")
-    p.add_argument("--eta", type=unit_float, default=0.0, help="DDIM η: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="trailing",
-                   help="how the sampling steps are picked from 1..T")
+                   help="network evaluations (NFE) per image (default 50; DDPM: all T, fewer = respaced); "
+                        "heun costs 2 per step, so it takes (steps + 1) // 2 steps")
+    p.add_argument("--eta", type=unit_float, default=None,
+                   help="stochasticity: DDIM/euler η (0 deterministic, the default; 1 DDPM-like), "
+                        "dpmpp-2m-sde noise (default 1)")
+    p.add_argument("--spacing", choices=SOLVER_SPACINGS, default="trailing",
+                   help="how the sampling steps are picked from 1..T (karras, logsnr: the solvers only)")
     p.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta_tilde",
                    help="DDPM σ_t²: β_t (fixed large) or β̃_t (fixed small)")
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
@@ -27,9 +33,11 @@ def add_sampler_args(p) -> None:
 
 
 def sample_options(args):
+    from trilemma.diffusion.samplers import default_eta
     from trilemma.run import SampleOptions
 
-    return SampleOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+    eta = default_eta(args.sampler) if args.eta is None else args.eta
+    return SampleOptions(sampler=args.sampler, steps=args.steps, eta=eta, spacing=args.spacing,
                          variance=args.variance, clip=args.clip, label=args.label, guidance=args.guidance)
 
 

@@ -16,7 +16,15 @@ import torch
 from trilemma.config import from_dict
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.diffusion.denoiser import Denoiser
-from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+from trilemma.diffusion.samplers import (
+    DEFAULT_STEPS,
+    SAMPLERS,
+    ddim_timesteps,
+    sample_with,
+    solver_nfe,
+    solver_points,
+    solver_timesteps,
+)
 from trilemma.diffusion.schedule import NoiseSchedule, make_schedule
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig
@@ -78,11 +86,16 @@ class DiffusionRun(GeneratorRun):
         if options.sampler == "ddpm":
             S = options.steps or T
             return None if S == T else ddim_timesteps(T, S, options.spacing)
-        raise TrilemmaError(f"--sampler: expected 'ddpm' or 'ddim', got {options.sampler!r}")
+        if options.sampler in SAMPLERS:                   # the fast solvers (docs/methods.md §10)
+            return solver_timesteps(self.schedule, solver_points(options.sampler, options.steps or DEFAULT_STEPS),
+                                    options.spacing)
+        raise TrilemmaError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {options.sampler!r}")
 
     def nfe(self, options: SampleOptions) -> int:
         steps = self.timesteps(options)
         n = self.schedule.T if steps is None else len(steps)
+        if options.sampler not in ("ddpm", "ddim"):       # network evaluations, counted honestly (Heun: 2 a step)
+            n = solver_nfe(options.sampler, options.steps or DEFAULT_STEPS)
         cond, uncond = self.conditioning(1, options)
         return n * (2 if uncond is not None and options.guidance != 1.0 else 1)
 
@@ -102,13 +115,10 @@ class DiffusionRun(GeneratorRun):
         cond, uncond = self.conditioning(n, options)
         denoiser = self.denoiser(options, uncond)
         steps = self.timesteps(options)
-        if options.sampler == "ddim":
-            out = ddim_sample(denoiser, x_T, self.schedule, steps, eta=options.eta, cond=cond,
-                              generator=generator, callback=callback, return_trajectory=return_trajectory)
-        else:
-            schedule = self.schedule if steps is None else self.schedule.respace(steps)
-            out = ddpm_sample(denoiser, x_T, schedule, variance=options.variance, cond=cond,
-                              generator=generator, callback=callback, return_trajectory=return_trajectory)
+        del steps
+        out = sample_with(options.sampler, denoiser, x_T, self.schedule, steps=options.steps, spacing=options.spacing,
+                          eta=options.eta, variance=options.variance, cond=cond, generator=generator,
+                          callback=callback, return_trajectory=return_trajectory)
         if return_trajectory:
             x_0, traj = out
             return self.decode(x_0), traj
