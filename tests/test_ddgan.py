@@ -1,0 +1,425 @@
+"""Denoising diffusion GANs: the schedule against its closed form, the real pairs' joint law, the posterior step
+(a perfect x₀ predictor reproduces the forward marginals), the fake pairs, R1 against autograd and finite
+differences, the costs against their formulas, the networks, and the configs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trilemma.config import from_dict, to_dict
+from trilemma.ddgan import (
+    DDGANConfig,
+    DDGANDiscriminator,
+    DDGANGenerator,
+    DDGANNetConfig,
+    d_loss,
+    ddgan_sample,
+    ddgan_schedule,
+    discriminator_terms,
+    g_loss,
+    generator_terms,
+    posterior_coefficients,
+    posterior_sample,
+    preset,
+    q_sample_pairs,
+    r1_penalty,
+)
+from trilemma.ddgan.diffusion import respaced_steps
+from trilemma.diffusion.schedule import make_schedule
+from trilemma.errors import TrilemmaError
+
+X0_PIXELS = torch.tensor([-0.9, -0.3, 0.4, 1.0], dtype=torch.float64).reshape(1, 1, 2, 2)   # one 2×2 "image"
+
+
+def repeated_x0(n: int) -> torch.Tensor:
+    return X0_PIXELS.expand(n, 1, 2, 2).clone()                                   # (n, 1, 2, 2)
+
+
+def steps_cycling(n: int, T: int) -> torch.Tensor:
+    return torch.arange(n) % T + 1                                                # (n,) with every t = 1..T equally often
+
+
+def perturb(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """Move every weight off its initialisation (zero-initialised residual convs would hide the conditioning)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def slope_and_residual_var(y: torch.Tensor, x: torch.Tensor) -> tuple[float, float, float]:
+    """Least-squares y ≈ a + b·x over samples (dim 0), pooled over pixels centred separately: (b, a_mean, residual var)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    b = (xc * yc).sum() / (xc * xc).sum()
+    residual = yc - b * xc
+    return b.item(), (y.mean(0) - b * x.mean(0)), residual.var().item()
+
+
+# ------------------------------------------------------------------------------------------ the schedule
+@pytest.mark.parametrize("T", [1, 2, 4, 8])
+def test_vp_schedule_is_the_closed_form_alpha_bar_on_k_over_T_and_has_T_steps(T):
+    s = ddgan_schedule(DDGANConfig(T=T, t_eps=0.0))
+    k = np.arange(T + 1) / T
+    closed = np.exp(-0.1 * k - 0.5 * (20.0 - 0.1) * k ** 2)                        # ᾱ(t) = exp(−β_min t − ½Δβ t²)
+    assert s.T == T and len(s.betas) == T + 1 and s.betas[0] == 0.0
+    np.testing.assert_allclose(s.alpha_bar, closed, rtol=1e-12)
+    np.testing.assert_array_equal(s.model_t, np.arange(T + 1))                     # the networks are told t itself
+    assert np.all(np.diff(s.alpha_bar) < 0)
+
+
+def test_vp_schedule_matches_the_papers_code_convention():
+    # The public code: t_k = ε + (1 − ε)k/T with ε = 1e-3, var(t) = 1 − exp(2(−¼Δβ t² − ½β_min t)),
+    # ᾱ = 1 − var, β_k = 1 − ᾱ_k/ᾱ_{k−1}; written out here independently of vp_betas.
+    T, eps = 4, 1e-3
+    t = np.arange(T + 1) / T * (1 - eps) + eps
+    log_mean = -0.25 * t ** 2 * (20.0 - 0.1) - 0.5 * t * 0.1
+    ab = 1.0 - (1.0 - np.exp(2 * log_mean))
+    s = ddgan_schedule(DDGANConfig(T=4))
+    np.testing.assert_allclose(s.betas[1:], 1 - ab[1:] / ab[:-1], rtol=1e-12)
+    np.testing.assert_allclose(s.alpha_bar[1:], ab[1:] / ab[0], rtol=1e-12)
+    # The paper's T = 4 steps are large: β ≈ (0.48, 0.85, 0.96, 0.99) and x_T is nearly pure noise.
+    np.testing.assert_allclose(s.betas[1:], [0.478, 0.849, 0.956, 0.987], atol=1e-3)
+    assert s.alpha_bar[-1] < 1e-4
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_respaced_trilemma_schedule_keeps_alpha_bar_at_the_kept_steps(name):
+    s = ddgan_schedule(DDGANConfig(T=4, schedule=name, base_T=1000))
+    base = make_schedule(name, T=1000)
+    taus = respaced_steps(1000, 4)
+    assert taus == [250, 500, 750, 1000]
+    np.testing.assert_allclose(s.alpha_bar[1:], base.alpha_bar[taus], rtol=1e-9, atol=1e-12)
+    assert s.T == 4 and s.betas[0] == 0.0 and list(s.model_t) == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------------------ real pairs
+def test_real_pairs_have_the_forward_joint():
+    T, n = 4, 80_000
+    s = ddgan_schedule(DDGANConfig(T=T))
+    g = torch.Generator().manual_seed(0)
+    t = steps_cycling(n, T)
+    x_prev, x_t = q_sample_pairs(s, repeated_x0(n), t, g)
+    for step in range(1, T + 1):
+        sel = t == step
+        xp, xt = x_prev[sel], x_t[sel]                                             # (n/T, 1, 2, 2)
+        ab_prev = s.alpha_bar[step - 1]
+        # x_{t−1} ~ q(x_{t−1} | x_0) = N(√ᾱ_{t−1} x_0, 1 − ᾱ_{t−1})
+        torch.testing.assert_close(xp.mean(0), math.sqrt(ab_prev) * X0_PIXELS[0], atol=0.03, rtol=0)
+        assert xp.var(0).mean().item() == pytest.approx(1 - ab_prev, abs=0.03)
+        if step == 1:
+            assert torch.equal(xp, repeated_x0(len(xp)))                           # x_0 itself at t = 1
+            torch.testing.assert_close(xt.mean(0), math.sqrt(s.alphas[1]) * X0_PIXELS[0], atol=0.03, rtol=0)
+            assert xt.var(0).mean().item() == pytest.approx(s.betas[1], abs=0.03)
+            continue
+        # x_t | x_{t−1} ~ N(√α_t x_{t−1}, β_t): regression slope √α_t, zero intercept, residual variance β_t
+        b, a, res_var = slope_and_residual_var(xt, xp)
+        assert b == pytest.approx(math.sqrt(s.alphas[step]), abs=0.03)
+        assert a.abs().max().item() < 0.03
+        assert res_var == pytest.approx(s.betas[step], rel=0.03)
+
+
+def test_perfect_x0_predictor_reverse_chain_reproduces_the_forward_marginals():
+    """x_T ~ q(x_T|x_0), then x_{t−1} ~ q(x_{t−1}|x_t, x_0) for t = T..1: each x_t ~ q(x_t|x_0), and
+    consecutive pairs have the forward covariance Cov(x_{t−1}, x_t) = √α_t (1 − ᾱ_{t−1})."""
+    T, n = 4, 40_000
+    s = ddgan_schedule(DDGANConfig(T=T))
+    g = torch.Generator().manual_seed(1)
+    x_0 = repeated_x0(n)
+    x = s.q_sample(x_0, torch.full((n,), T), torch.randn(x_0.shape, generator=g, dtype=torch.float64))
+    for step in range(T, 0, -1):
+        t = torch.full((n,), step)
+        x_prev = posterior_sample(s, x_0, x, t, g)
+        ab_prev = s.alpha_bar[step - 1]
+        torch.testing.assert_close(x_prev.mean(0), math.sqrt(ab_prev) * X0_PIXELS[0], atol=0.03, rtol=0)
+        assert x_prev.var(0).mean().item() == pytest.approx(1 - ab_prev, abs=0.03)
+        cov = ((x_prev - x_prev.mean(0)) * (x - x.mean(0))).mean(0).mean().item()
+        assert cov == pytest.approx(math.sqrt(s.alphas[step]) * (1 - ab_prev), abs=0.03)
+        x = x_prev
+    assert torch.equal(x, x_0)                                                    # the t = 1 step is noiseless and = x̂₀
+
+
+def test_posterior_coefficients_are_those_of_the_schedule_posterior():
+    s = ddgan_schedule(DDGANConfig(T=4))
+    c0, ct = posterior_coefficients(s)
+    x0, xt = torch.tensor([0.3]), torch.tensor([-1.2])
+    for step in range(1, 5):
+        mean, var = s.q_posterior(x0, xt, step)                                    # Ho et al. eq. 7, scalar t
+        assert (c0[step] * x0 + ct[step] * xt).item() == pytest.approx(mean.item(), rel=1e-6)
+        assert s.posterior_var[step] == pytest.approx(var)
+    assert c0[1] == pytest.approx(1.0) and ct[1] == 0.0 and s.posterior_var[1] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ the D and G terms
+class ConstantG(nn.Module):
+    """x̂₀ = c for every input, c a learnable scalar; records its inputs."""
+
+    def __init__(self, c: float):
+        super().__init__()
+        self.c = nn.Parameter(torch.tensor(c, dtype=torch.float64))
+        self.calls = []
+
+    def forward(self, x_t, z, t):
+        self.calls.append((x_t, z, t))
+        return self.c * torch.ones_like(x_t)
+
+
+class LinearD(nn.Module):
+    """l = w · Σ_pixels x_{t−1} + u · Σ_pixels x_t + b: ∇_{x_{t−1}} l = w everywhere; records its inputs."""
+
+    def __init__(self, w=0.7, u=-0.2, b=0.1):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+        self.u, self.b = u, b
+        self.calls = []
+
+    def forward(self, x_prev, x_t, t):
+        self.calls.append((x_prev.detach(), x_t.detach(), t))
+        return self.w * x_prev.flatten(1).sum(1) + self.u * x_t.flatten(1).sum(1) + self.b
+
+
+def test_discriminator_terms_fake_pairs_use_the_posterior_with_Gs_x0_and_the_loss_is_its_formula():
+    T, n, c, gamma = 4, 40_000, 0.5, 0.3
+    s = ddgan_schedule(DDGANConfig(T=T))
+    G, D = ConstantG(c), LinearD()
+    terms = discriminator_terms(G, D, s, repeated_x0(n), z_dim=3, r1_gamma=gamma,
+                                generator=torch.Generator().manual_seed(2))
+    assert set(terms) == {"loss", "d_loss", "r1", "d_real", "d_fake", "t"}
+    assert all(v.shape == (n,) for v in terms.values())
+    (xp_real, xt_real, t_real), (xp_fake, xt_fake, t_fake) = D.calls
+    assert torch.equal(xt_real, xt_fake) and torch.equal(t_real, t_fake)        # the same x_t and t in both pairs
+    (g_xt, g_z, g_t), = G.calls
+    assert torch.equal(g_xt, xt_real) and torch.equal(g_t, t_real) and g_z.shape == (n, 3)
+    assert torch.bincount(t_real, minlength=T + 1)[1:].min() > n / T * 0.9        # t ~ Uniform{1..T}
+    c0, ct = posterior_coefficients(s)
+    for step in range(1, T + 1):
+        sel = t_real == step
+        if step == 1:
+            assert torch.allclose(xp_fake[sel], torch.full_like(xp_fake[sel], c))  # x̂₀ itself, no noise
+            continue
+        # x′_{t−1} | x_t ~ N(c₀[t]·c + c_t[t]·x_t, β̃_t): slope c_t, intercept c₀·c, residual variance β̃_t
+        b, a, res_var = slope_and_residual_var(xp_fake[sel], xt_real[sel])
+        assert b == pytest.approx(ct[step], abs=0.02)
+        torch.testing.assert_close(a, torch.full_like(a, c0[step] * c), atol=0.03, rtol=0)
+        assert res_var == pytest.approx(s.posterior_var[step], rel=0.03)
+    # loss = softplus(−l_r) + softplus(l_f) + γ/2 ‖w·1‖², from the recorded pairs
+    l_real = D.w * xp_real.flatten(1).sum(1) + D.u * xt_real.flatten(1).sum(1) + D.b
+    l_fake = D.w * xp_fake.flatten(1).sum(1) + D.u * xt_fake.flatten(1).sum(1) + D.b
+    r1 = gamma / 2 * D.w.item() ** 2 * 4                                           # 4 pixels, each ∂l/∂x = w
+    torch.testing.assert_close(terms["r1"], torch.full((n,), r1, dtype=torch.float64))
+    torch.testing.assert_close(terms["loss"], F.softplus(-l_real) + F.softplus(l_fake) + r1)
+    torch.testing.assert_close(terms["d_real"], torch.sigmoid(l_real).detach())
+    # the R1 term is differentiable in D's parameters: d/dw of mean(γ/2 · 4w²) = 4γw
+    (grad_w,) = torch.autograd.grad(terms["r1"].mean(), D.w)
+    assert grad_w.item() == pytest.approx(4 * gamma * D.w.item())
+    assert G.c.grad is None                                                        # the D step does not train G
+
+
+def test_discriminator_terms_with_zero_gamma_skips_r1():
+    s = ddgan_schedule(DDGANConfig(T=2))
+    terms = discriminator_terms(ConstantG(0.0), LinearD(), s, repeated_x0(8), 3, r1_gamma=0.0)
+    assert torch.equal(terms["r1"], torch.zeros(8, dtype=torch.float64))
+    assert torch.equal(terms["loss"], terms["d_loss"])
+
+
+def test_generator_terms_loss_and_its_gradient_equal_the_formula():
+    T, n = 4, 64
+    s = ddgan_schedule(DDGANConfig(T=T))
+    G, D = ConstantG(0.2), LinearD()
+    terms = generator_terms(G, D, s, repeated_x0(n), 3, generator=torch.Generator().manual_seed(3))
+    (xp_fake, xt, t), = D.calls
+    l_fake = D.w * xp_fake.flatten(1).sum(1) + D.u * xt.flatten(1).sum(1) + D.b
+    torch.testing.assert_close(terms["loss"].detach(), F.softplus(-l_fake).detach())
+    # d/dc mean softplus(−l) = mean[−σ(−l) · w · 4 · c₀[t]]   (x′ = c₀[t]·c + …, 4 pixels)
+    (grad_c,) = torch.autograd.grad(terms["loss"].mean(), G.c)
+    c0 = torch.as_tensor(posterior_coefficients(s)[0])[t]
+    expected = (-torch.sigmoid(-l_fake.detach()) * D.w.detach() * 4 * c0).mean()
+    assert grad_c.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ R1 and the costs
+@pytest.fixture(scope="module")
+def tiny_d():
+    torch.manual_seed(0)
+    return perturb(DDGANDiscriminator(preset("tiny", 8, 1))).double()
+
+
+def test_r1_equals_its_definition_by_per_sample_autograd_and_finite_differences(tiny_d):
+    D, gamma = tiny_d, 0.7
+    g = torch.Generator().manual_seed(4)
+    x_prev = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    x_t = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 2, 4])
+    r1 = r1_penalty(D, x_prev, x_t, t, gamma)
+    assert r1.shape == (3,)
+    for i in range(3):                                                            # one sample at a time
+        xi = x_prev[i:i + 1].clone().requires_grad_(True)
+        (gi,) = torch.autograd.grad(D(xi, x_t[i:i + 1], t[i:i + 1]).sum(), xi)
+        assert r1[i].item() == pytest.approx(gamma / 2 * gi.square().sum().item(), rel=1e-10)
+    # central differences on every pixel of x_{t−1}: ∂D/∂x_j ≈ (D(x + h e_j) − D(x − h e_j)) / 2h
+    h, P = 1e-5, 64
+    eye = torch.eye(P, dtype=torch.float64).reshape(P, 1, 8, 8)
+    with torch.no_grad():
+        for i in range(3):
+            plus = D(x_prev[i] + h * eye, x_t[i].expand(P, 1, 8, 8), t[i].expand(P))
+            minus = D(x_prev[i] - h * eye, x_t[i].expand(P, 1, 8, 8), t[i].expand(P))
+            grad_fd = (plus - minus) / (2 * h)                                     # (64,)
+            assert r1[i].item() == pytest.approx(gamma / 2 * grad_fd.square().sum().item(), rel=1e-6)
+
+
+def test_r1_is_differentiable_in_Ds_parameters():
+    a = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    quad_d = lambda x_prev, x_t, t: a * x_prev.flatten(1).square().sum(1)          # ∇ = 2a x, R1 = γ/2 · 4a²‖x‖²
+    x = torch.randn(5, 1, 2, 2, dtype=torch.float64)
+    gamma = 0.5
+    r1 = r1_penalty(quad_d, x, x, torch.ones(5, dtype=torch.long), gamma)
+    sq = x.flatten(1).square().sum(1)
+    torch.testing.assert_close(r1.detach(), gamma / 2 * 4 * 0.09 * sq)
+    (grad_a,) = torch.autograd.grad(r1.sum(), a)                                   # d/da γ/2·4a²‖x‖² = 4γa‖x‖²
+    assert grad_a.item() == pytest.approx((4 * gamma * 0.3 * sq).sum().item())
+
+
+def test_costs_equal_their_formulas_from_probabilities():
+    l_real = torch.linspace(-6, 6, 25, dtype=torch.float64)
+    l_fake = torch.linspace(5, -7, 25, dtype=torch.float64)
+    d_real, d_fake = torch.sigmoid(l_real), torch.sigmoid(l_fake)
+    torch.testing.assert_close(d_loss(l_real, l_fake), -torch.log(d_real) - torch.log(1 - d_fake))
+    torch.testing.assert_close(d_loss(l_real, l_fake), F.softplus(-l_real) + F.softplus(l_fake))
+    torch.testing.assert_close(g_loss(l_fake), -torch.log(d_fake))
+    torch.testing.assert_close(g_loss(l_fake), F.softplus(-l_fake))
+    assert torch.isfinite(g_loss(torch.tensor([-200.0, 200.0]))).all()
+
+
+# ------------------------------------------------------------------------------------------ networks
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_network_shapes(size):
+    torch.manual_seed(0)
+    c = preset("tiny", size, 3)
+    G, D = DDGANGenerator(c, z_dim=10), DDGANDiscriminator(c)
+    x, z, t = torch.randn(2, 3, size, size), torch.randn(2, 10), torch.tensor([1, 4])
+    x0_hat = G(x, z, t)
+    assert x0_hat.shape == (2, 3, size, size) and x0_hat.abs().max() < 1                  # tanh output
+    assert D(x, x, t).shape == (2,)
+
+
+def test_small_preset_runs_on_fashion_mnist_size():
+    torch.manual_seed(0)
+    c = preset("small", 28, 1)
+    G, D = DDGANGenerator(c, z_dim=100), DDGANDiscriminator(c)
+    x = torch.randn(2, 1, 28, 28)
+    assert G(x, torch.randn(2, 100), torch.tensor([2, 3])).shape == (2, 1, 28, 28)
+    assert D(x, x, torch.tensor([2, 3])).shape == (2,)
+
+
+def test_z_and_t_change_the_generator_and_t_changes_the_discriminator():
+    torch.manual_seed(0)
+    c = preset("tiny", 8, 1)
+    G, D = perturb(DDGANGenerator(c, z_dim=10)), perturb(DDGANDiscriminator(c))
+    x, z = torch.randn(4, 1, 8, 8), torch.randn(4, 10)
+    t = torch.full((4,), 2)
+    with torch.no_grad():
+        out = G(x, z, t)
+        assert (G(x, torch.randn(4, 10), t) - out).abs().max() > 1e-3                     # z matters
+        assert (G(x, z, t + 1) - out).abs().max() > 1e-3                                  # t matters
+        assert (D(x, x, t + 1) - D(x, x, t)).abs().min() > 1e-4                           # t matters to D
+        assert (D(torch.randn_like(x), x, t) - D(x, x, t)).abs().min() > 1e-4             # so does x_{t−1}
+
+
+def test_discriminator_logits_depend_on_their_own_pair_only():
+    torch.manual_seed(0)
+    D = perturb(DDGANDiscriminator(preset("tiny", 8, 1))).double()
+    x_prev, x_t = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([1, 2, 3, 4, 1])
+    batched = D(x_prev, x_t, t)
+    single = torch.cat([D(x_prev[i:i + 1], x_t[i:i + 1], t[i:i + 1]) for i in range(5)])
+    torch.testing.assert_close(batched, single)
+
+
+def test_gradients_reach_every_parameter_of_G_and_D():
+    torch.manual_seed(0)
+    c = preset("tiny", 8, 1)
+    G, D = perturb(DDGANGenerator(c, z_dim=10)), perturb(DDGANDiscriminator(c))
+    s = ddgan_schedule(DDGANConfig(T=4, z_dim=10))
+    x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
+    generator_terms(G, D, s, x_0, 10)["loss"].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    D.zero_grad(set_to_none=True)
+    discriminator_terms(G, D, s, x_0, 10, r1_gamma=0.02)["loss"].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+
+
+def test_sampling_calls_G_T_times_from_T_down_to_1_and_returns_the_last_x0_hat():
+    s = ddgan_schedule(DDGANConfig(T=4))
+    G = ConstantG(0.25)
+    seen = []
+    x_0 = ddgan_sample(G, torch.randn(3, 1, 2, 2, dtype=torch.float64), s, z_dim=5,
+                       callback=lambda t, x_t, x0_hat: seen.append(t))
+    assert [call[2].tolist() for call in G.calls] == [[4] * 3, [3] * 3, [2] * 3, [1] * 3]
+    assert seen == [4, 3, 2, 1] and all(call[1].shape == (3, 5) for call in G.calls)
+    assert torch.equal(x_0, torch.full((3, 1, 2, 2), 0.25, dtype=torch.float64))
+
+
+def test_sampling_with_a_real_generator_is_reproducible():
+    torch.manual_seed(0)
+    G = DDGANGenerator(preset("tiny", 8, 1), z_dim=10).eval()
+    s = ddgan_schedule(DDGANConfig(T=2))
+    x_T = torch.randn(2, 1, 8, 8)
+    a = ddgan_sample(G, x_T, s, 10, generator=torch.Generator().manual_seed(7))
+    b = ddgan_sample(G, x_T, s, 10, generator=torch.Generator().manual_seed(7))
+    assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(T=0), "--T: must be between 1 and 8"),
+    (dict(T=9), "--T: must be between 1 and 8"),
+    (dict(schedule="fancy"), "--schedule"),
+    (dict(beta_min=20.0, beta_max=0.1), "--beta-min/--beta-max"),
+    (dict(t_eps=1.0), "--t-eps"),
+    (dict(schedule="linear", base_T=3, T=4), "--base-T"),
+    (dict(r1_gamma=-1.0), "--r1-gamma"),
+    (dict(lazy_reg=0), "--lazy-reg"),
+    (dict(z_dim=0), "--z-dim"),
+    (dict(lr_g=0.0), "--lr-g"),
+    (dict(lr_d=-1.0), "--lr-d"),
+    (dict(beta2=1.0), "--beta2"),
+    (dict(ema_decay=1.0), "--ema-decay"),
+])
+def test_ddgan_config_rejects_bad_options_in_one_line(kwargs, message):
+    with pytest.raises(TrilemmaError, match=message) as info:
+        DDGANConfig(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=2), "--image-size"),
+    (dict(channels=2), "channels"),
+    (dict(channel_mults=()), "channel_mults"),
+    (dict(base_channels=0), "--base-channels"),
+    (dict(n_mlp=-1), "n_mlp"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_net_config_rejects_bad_options(kwargs, message):
+    with pytest.raises(TrilemmaError, match=message):
+        DDGANNetConfig(**kwargs)
+
+
+def test_presets_and_config_round_trip():
+    with pytest.raises(TrilemmaError, match="--preset"):
+        preset("huge", 28, 1)
+    for name in ("tiny", "small", "base"):
+        c = preset(name, 28, 1)
+        assert from_dict(DDGANNetConfig, to_dict(c)) == c
+    assert preset("tiny", 8, 1, d_channels=4).d_channels == 4
+    m = DDGANConfig(T=2, schedule="cosine", r1_gamma=0.05)
+    assert from_dict(DDGANConfig, to_dict(m)) == m
+    assert (DDGANConfig().lr_g, DDGANConfig().lr_d, DDGANConfig().beta1, DDGANConfig().beta2) == (1.6e-4, 1.25e-4, 0.5, 0.9)
+
+
+def test_lazy_regularisation_applies_r1_every_k_steps():
+    c = DDGANConfig(r1_gamma=0.02, lazy_reg=3)
+    assert [c.r1_gamma_at(i) for i in range(6)] == [0.02, 0.0, 0.0, 0.02, 0.0, 0.0]

@@ -1,0 +1,125 @@
+"""The two config sections of a denoising diffusion GAN run: the networks (``"model"``) and the method (``"ddgan"``).
+
+Defaults are the paper's CIFAR-10 settings (Xiao et al., ICLR 2022, App. C, and the
+``train_ddgan.py`` command line of its public code) unless a comment says otherwise;
+the maths is in docs/methods.md §11.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from trilemma.diffusion.schedule import SCHEDULES
+from trilemma.errors import TrilemmaError
+from trilemma.options import check_fields, in_range, int_in, nonneg, opt, positive
+
+DDGAN_SCHEDULES: tuple[str, ...] = ("vp",) + SCHEDULES
+MAX_T = 8
+
+
+def _steps(value) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_T:
+        return f"must be between 1 and {MAX_T}, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class DDGANConfig:
+    """The method: the few-step forward process, the game's regulariser, the optimisers, the EMA.
+
+    ``schedule = "vp"`` is the paper's discretised variance-preserving SDE (see
+    :func:`trilemma.ddgan.diffusion.vp_betas`): t_k = ε + (1 − ε)·k/T,
+    ᾱ(t) = exp(−β_min t − ½(β_max − β_min) t²), β_k = 1 − ᾱ(t_k)/ᾱ(t_{k−1}).
+    Any other name respaces that trilemma schedule (with ``base_T`` steps) to T
+    evenly spaced steps, keeping its ᾱ at the kept steps.
+    """
+
+    T: int = opt(4, "diffusion steps = generator calls per sample (paper: 4 on CIFAR-10, 2 at 256 px)", check=_steps)
+    schedule: str = opt("vp", "vp (the paper's discretised VP SDE) or a trilemma schedule respaced to T steps",
+                        choices=DDGAN_SCHEDULES)
+    beta_min: float = opt(0.1, "β_min of the VP schedule (the paper's value)", check=positive)
+    beta_max: float = opt(20.0, "β_max of the VP schedule (the paper's value)", check=positive)
+    t_eps: float = opt(1e-3, "start of the VP time grid, t_k = ε + (1 − ε)k/T, as the paper's code (0: t_k = k/T)",
+                       check=in_range(0.0, 1.0, hi_open=True))
+    base_T: int = opt(1000, "steps of a non-vp schedule before it is respaced to T", flag="base-T",
+                      check=int_in(2, 100_000))
+    r1_gamma: float = opt(0.02, "γ of the R1 penalty γ/2 ‖∇_{x_{t−1}} D‖² on real pairs (paper: 0.02 on CIFAR-10)",
+                          check=nonneg)
+    lazy_reg: int = opt(1, "apply R1 on every k-th discriminator step, unscaled as the paper's code (CIFAR-10: 15)",
+                        check=int_in(1, 10_000))
+    z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
+    lr_g: float = opt(1.6e-4, "Adam learning rate of the generator", check=in_range(1e-12, 10.0))
+    lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator", check=in_range(1e-12, 10.0))
+    beta1: float = opt(0.5, "Adam β₁ of both networks", check=in_range(0.0, 1.0, hi_open=True))
+    beta2: float = opt(0.9, "Adam β₂ of both networks", check=in_range(0.0, 1.0, hi_open=True))
+    ema_decay: float = opt(0.9999, "decay of the EMA of G's weights (used for sampling)",
+                           check=in_range(0.0, 1.0, hi_open=True))
+
+    def __post_init__(self):
+        check_fields(self)
+        if not self.beta_min < self.beta_max:
+            raise TrilemmaError(f"--beta-min/--beta-max: need beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        if self.schedule != "vp" and self.base_T < self.T:
+            raise TrilemmaError(f"--base-T: must be >= T = {self.T} to respace to T steps, got {self.base_T}")
+
+    def r1_gamma_at(self, d_step: int) -> float:
+        """γ to use on the D step numbered ``d_step`` (from 0): ``r1_gamma`` every ``lazy_reg`` steps, else 0.
+
+        Lazy regularisation as in the paper's code: R1 is simply skipped between
+        regularised steps, not scaled up by ``lazy_reg`` (StyleGAN2 scales it).
+        """
+        return self.r1_gamma if d_step % self.lazy_reg == 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DDGANNetConfig:
+    """Sizes of the generator x̂₀ = G(x_t, z, t) (a U-Net with adaptive GroupNorm) and the discriminator D(x_{t−1}, x_t, t)."""
+
+    image_size: int = 32
+    channels: int = 1                          # image channels (1 grey, 3 RGB)
+    base_channels: int = opt(64, "generator: width of the first U-Net level (overrides the preset's)",
+                             check=int_in(1, 4096))
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # G: width of level i = base_channels · channel_mults[i]
+    num_res_blocks: int = 2                    # G: ResNet blocks per level on the way down (one more on the way up)
+    attention: bool = True                     # G: self-attention in the middle (lowest resolution)
+    dropout: float = 0.0                       # G: dropout inside the ResNet blocks
+    z_emb_dim: int = 256                       # width of the mapped noise w = MLP(z)
+    n_mlp: int = 4                             # layers of the mapping MLP z → w (paper: 4 on CIFAR-10)
+    tanh: bool = True                          # G's output x̂₀ through tanh, so it lies in (−1, 1) (the paper's default)
+    d_channels: int = opt(64, "discriminator: widths 2, 4, 8 × this (overrides the preset's)",
+                          check=int_in(1, 4096))
+
+    def __post_init__(self):
+        check_fields(self)
+        if not isinstance(self.image_size, int) or self.image_size < 4:
+            raise TrilemmaError(f"--image-size: DDGAN networks need images of at least 4 pixels, got {self.image_size!r}")
+        if self.channels not in (1, 3):
+            raise TrilemmaError(f"DDGAN option channels: must be 1 or 3, got {self.channels}")
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise TrilemmaError(f"DDGAN option channel_mults: must be a non-empty list of positive integers, "
+                                f"got {list(self.channel_mults)}")
+        for name in ("base_channels", "num_res_blocks", "z_emb_dim", "d_channels"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise TrilemmaError(f"DDGAN option {name}: must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.n_mlp, int) or self.n_mlp < 0:
+            raise TrilemmaError(f"DDGAN option n_mlp: must be an integer >= 0, got {self.n_mlp!r}")
+        if not 0 <= self.dropout < 1:
+            raise TrilemmaError(f"DDGAN option dropout: must be in [0, 1), got {self.dropout}")
+
+
+PRESETS = {
+    "tiny": dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention=False,
+                 z_emb_dim=32, n_mlp=2, d_channels=8),
+    "small": dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention=True,
+                  z_emb_dim=128, n_mlp=3, d_channels=32),
+    "base": dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention=True,
+                 z_emb_dim=256, n_mlp=4, d_channels=64),   # = the paper's CIFAR-10 widths
+}
+
+
+def preset(name: str, image_size: int, channels: int, **overrides) -> DDGANNetConfig:
+    """Named sizes: ``tiny`` (tests), ``small`` (CPU runs on 28×28), ``base`` (the paper's CIFAR-10 widths, GPU)."""
+    if name not in PRESETS:
+        raise TrilemmaError(f"--preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    config = DDGANNetConfig(image_size=image_size, channels=channels, **PRESETS[name])
+    return replace(config, **overrides) if overrides else config

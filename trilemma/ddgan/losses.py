@@ -1,0 +1,104 @@
+"""The DDGAN game, per sample (Xiao et al., ICLR 2022, eq. 8–9; docs/methods.md §11).
+
+For t ~ Uniform{1..T}, x_0 ~ data:
+
+    real pair   x_{t−1} ~ q(x_{t−1} | x_0),  x_t ~ q(x_t | x_{t−1})
+    fake pair   the same x_t,  x′_{t−1} ~ q(x_{t−1} | x_t, x̂₀),  x̂₀ = G(x_t, z, t),  z ~ N(0, I)
+
+    D minimises   −log D(x_{t−1}, x_t, t) − log(1 − D(x′_{t−1}, x_t, t)) + γ/2 ‖∇_{x_{t−1}} D(x_{t−1}, x_t, t)‖²
+    G minimises   −log D(x′_{t−1}, x_t, t)                                   (non-saturating)
+
+with D = σ(logit) and every log-probability written with softplus
+(:mod:`trilemma.gan.losses`). The R1 gradient is of the logit (as in Mescheder
+et al. 2018 and the paper's code), taken with respect to the real x_{t−1} only.
+
+Everything here returns (B,) tensors and never calls ``.backward()``: a trainer
+averages ``terms["loss"]`` and steps its optimiser. The D step draws G's x̂₀
+under ``torch.no_grad()``; the G step leaves D's parameters as they are (freeze
+them with ``D.requires_grad_(False)`` around it, or zero D's gradients before
+its next step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from trilemma.ddgan.diffusion import posterior_sample, q_sample_pairs, randn, sample_t
+from trilemma.diffusion.schedule import NoiseSchedule
+from trilemma.gan.losses import discriminator_loss, nonsaturating_generator_cost
+
+Disc = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """−log D(real pair) − log(1 − D(fake pair)) = softplus(−l_r) + softplus(l_f): (B,), (B,) → (B,)."""
+    return discriminator_loss(real_logits, fake_logits)
+
+
+def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The non-saturating cost −log D(fake pair) = softplus(−l_f): (B,) → (B,)."""
+    return nonsaturating_generator_cost(fake_logits)
+
+
+def r1_from_logits(real_logits: torch.Tensor, x_prev: torch.Tensor, gamma: float) -> torch.Tensor:
+    """γ/2 ‖∂ l_i / ∂ x_{t−1,i}‖² per sample, from logits already computed on ``x_prev`` (which requires grad).
+
+    The gradient of Σ_i l_i gives each sample's own gradient because every logit
+    depends on its own pair only. ``create_graph=True``: the penalty is
+    differentiable with respect to D's parameters. (B,), (B, C, H, W) → (B,).
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), x_prev, create_graph=True)      # (B, C, H, W)
+    return 0.5 * gamma * grad.flatten(1).square().sum(dim=1)                          # (B,)
+
+
+def r1_penalty(disc: Disc, x_prev_real: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """R1 = γ/2 ‖∇_{x_{t−1}} D(x_{t−1}, x_t, t)‖² on real pairs (Mescheder et al. 2018; paper eq. 9): (B,).
+
+    Computed with autograd on a fresh leaf copy of ``x_prev_real`` (x_t is
+    treated as a constant); differentiable with respect to D's parameters.
+    """
+    x_prev = x_prev_real.detach().requires_grad_(True)                               # (B, C, H, W)
+    return r1_from_logits(disc(x_prev, x_t.detach(), t), x_prev, gamma)
+
+
+def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
+                        r1_gamma: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One D step's per-sample terms on data x_0 (B, C, H, W); each value is (B,).
+
+    ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters); ``d_real``
+    and ``d_fake`` are D's probabilities σ(l) of the real and fake pairs (detached);
+    ``t`` the steps drawn. ``r1_gamma = 0`` skips the penalty (lazy regularisation:
+    pass :meth:`DDGANConfig.r1_gamma_at` of the step). G runs without gradients.
+    """
+    B = x_0.shape[0]
+    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) in 1..T
+    x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
+    x_prev = x_prev.detach().requires_grad_(r1_gamma > 0)
+    real_logits = D(x_prev, x_t, t)                                                  # (B,)
+    r1 = r1_from_logits(real_logits, x_prev, r1_gamma) if r1_gamma > 0 else torch.zeros_like(real_logits)
+    with torch.no_grad():
+        x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                        # (B, C, H, W)
+        x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)          # (B, C, H, W), same x_t
+    fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
+    loss_d = d_loss(real_logits, fake_logits)                                        # (B,)
+    return {"loss": loss_d + r1, "d_loss": loss_d, "r1": r1,
+            "d_real": torch.sigmoid(real_logits).detach(), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
+
+
+def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
+
+    ``loss`` = −log D(x′_{t−1}, x_t, t) (minimise its mean over G's parameters),
+    ``d_fake`` = σ(l) of those pairs (detached), ``t`` the steps drawn.
+    """
+    B = x_0.shape[0]
+    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
+    _, x_t = q_sample_pairs(schedule, x_0, t, generator)                              # (B, C, H, W)
+    x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
+    x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
+    fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
+    return {"loss": g_loss(fake_logits), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}

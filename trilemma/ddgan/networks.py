@@ -1,0 +1,224 @@
+"""The DDGAN generator x̂₀ = G(x_t, z, t) and the time-conditioned pair discriminator D(x_{t−1}, x_t, t).
+
+Xiao et al., ICLR 2022, §3.3 and App. C; docs/methods.md §11.
+
+Generator: the DDPM U-Net layout of :mod:`trilemma.nets.unet` (levels of ResNet
+blocks, skips, a middle with self-attention) whose ResNet blocks are
+:class:`AdaGNResBlock`: the step t enters additively (sinusoidal embedding →
+MLP, as in DDPM) and the latent z, after a mapping MLP w = M(z) (StyleGAN's
+mapping network; PixelNorm first), modulates both GroupNorms:
+AdaGN(h) = GroupNorm(h) · (1 + s) + b with (s, b) a linear map of [e_t, w]. The
+paper's blocks take (s, b) from w alone; here t is in it too, at no cost.
+Output: tanh, so x̂₀ ∈ (−1, 1) like the data (the paper's default; ``tanh=False``
+gives the raw conv output).
+
+Discriminator: the pair is concatenated along channels, (B, 2C, H, W), a 1×1
+conv lifts it to 2·ndf channels, then ResNet down-blocks (LeakyReLU(0.2) → conv
+→ + embedding of t → LeakyReLU → 2× average-pool → conv, plus a 1×1 skip,
+summed / √2) halve the map until it is at most 4×4; a 3×3 conv, a spatial sum and
+a linear layer give one logit per pair. No normalisation layer and no
+minibatch-standard-deviation layer (the paper's code has one): each logit depends
+on its own pair only, so the per-sample R1 penalty is exactly that sample's
+gradient norm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trilemma.ddgan.config import DDGANNetConfig
+from trilemma.nets.layers import (
+    Downsample,
+    SelfAttention,
+    Upsample,
+    group_norm,
+    sinusoidal_embedding,
+    zero_init,
+)
+
+
+def _plain_group_norm(channels: int) -> nn.GroupNorm:
+    """trilemma's GroupNorm grouping (:func:`group_norm`), without its own affine scale/shift."""
+    return nn.GroupNorm(group_norm(channels).num_groups, channels, eps=1e-6, affine=False)
+
+
+class PixelNorm(nn.Module):
+    """z / √(mean_j z_j² + 1e−8): puts z on the sphere of radius √z_dim before the mapping MLP (Karras et al. 2018)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)         # (B, z_dim)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """AdaGN(h, c) = GroupNorm(h) · (1 + s(c)) + b(c), (s, b) = Linear(c) (Nichol & Dhariwal 2021; Xiao et al. 2022)."""
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = _plain_group_norm(channels)
+        self.style = nn.Linear(cond_dim, 2 * channels)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.style(cond)[:, :, None, None].chunk(2, dim=1)           # (B, C, 1, 1) each
+        return self.norm(h) * (1 + scale) + shift                                   # (B, C, H, W)
+
+
+class AdaGNResBlock(nn.Module):
+    """AdaGN → SiLU → conv → (+ time embedding) → AdaGN → SiLU → dropout → conv (zero-init), plus skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, cond_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = AdaptiveGroupNorm(in_ch, cond_dim)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, out_ch)
+        self.norm2 = AdaptiveGroupNorm(out_ch, cond_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, cond)))                                  # (B, C_out, H, W)
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]                       # + embedding of t
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, cond))))                    # (B, C_out, H, W)
+        return self.skip(x) + h
+
+
+def _resolutions(image_size: int, levels: int) -> list[int]:
+    sizes = [image_size]
+    for _ in range(levels - 1):
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return sizes
+
+
+class DDGANGenerator(nn.Module):
+    """x̂₀ = G(x_t, z, t): a U-Net with adaptive GroupNorm; see the module docstring.
+
+    x_t (B, C, H, W), z (B, z_dim), t (B,) in 1..T → x̂₀ (B, C, H, W).
+    """
+
+    def __init__(self, config: DDGANNetConfig, z_dim: int = 100):
+        super().__init__()
+        self.config = c = config
+        self.z_dim = z_dim
+        ch = c.base_channels
+        temb_dim = 4 * ch
+        cond_dim = temb_dim + c.z_emb_dim                                            # AdaGN sees [e_t, w]
+        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        mapping: list[nn.Module] = [PixelNorm(), nn.Linear(z_dim, c.z_emb_dim), nn.SiLU()]
+        for _ in range(c.n_mlp):
+            mapping += [nn.Linear(c.z_emb_dim, c.z_emb_dim), nn.SiLU()]
+        self.mapping = nn.Sequential(*mapping)
+
+        def block(in_ch: int, out_ch: int) -> AdaGNResBlock:
+            return AdaGNResBlock(in_ch, out_ch, temb_dim, cond_dim, c.dropout)
+
+        self.conv_in = nn.Conv2d(c.channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skip_channels, width = [ch], ch
+        for level, mult in enumerate(c.channel_mults):
+            blocks = nn.ModuleList()
+            for _ in range(c.num_res_blocks):
+                blocks.append(block(width, ch * mult))
+                width = ch * mult
+                skip_channels.append(width)
+            self.down.append(blocks)
+            if level < len(c.channel_mults) - 1:
+                self.downsample.append(Downsample(width))
+                skip_channels.append(width)
+        self.mid1 = block(width, width)
+        self.mid_attn = SelfAttention(width, num_heads=1) if c.attention else nn.Identity()
+        self.mid2 = block(width, width)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(len(c.channel_mults))):
+            blocks = nn.ModuleList()
+            for _ in range(c.num_res_blocks + 1):
+                blocks.append(block(width + skip_channels.pop(), ch * c.channel_mults[level]))
+                width = ch * c.channel_mults[level]
+            self.up.append(blocks)
+            if level > 0:
+                self.upsample.append(Upsample(width))
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv2d(width, c.channels, 3, padding=1)
+
+    def forward(self, x_t: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels).to(x_t.dtype))  # (B, 4ch)
+        w = self.mapping(z)                                                          # (B, z_emb_dim)
+        cond = torch.cat([temb, w], dim=1)                                           # (B, 4ch + z_emb_dim)
+        h = self.conv_in(x_t)                                                        # (B, ch, H, W)
+        skips = [h]
+        for level, blocks in enumerate(self.down):
+            for res_block in blocks:
+                h = res_block(h, temb, cond)
+                skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)                                        # (B, C, ⌈H/2⌉, ⌈W/2⌉)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, temb, cond)), temb, cond)
+        for level, blocks in enumerate(self.up):
+            for res_block in blocks:
+                h = res_block(torch.cat([h, skips.pop()], dim=1), temb, cond)
+            if level < len(self.upsample):
+                h = self.upsample[level](h, size=skips[-1].shape[-2:])               # back to the skip's size
+        h = self.conv_out(F.silu(self.norm_out(h)))                                  # (B, C, H, W)
+        return torch.tanh(h) if self.config.tanh else h
+
+
+class DownBlock(nn.Module):
+    """LeakyReLU → conv → + Dense(e_t) → LeakyReLU → [2× avg-pool] → conv (zero-init); skip 1×1 conv; sum / √2."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, downsample: bool):
+        super().__init__()
+        self.downsample = downsample
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_dim, out_ch)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2, ceil_mode=True) if self.downsample else x          # 7 → 4 with ceil_mode
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.leaky_relu(x, 0.2))                                         # (B, C_out, H, W)
+        h = h + self.temb_proj(temb)[:, :, None, None]                               # + embedding of t
+        h = self.conv2(self._pool(F.leaky_relu(h, 0.2)))                             # (B, C_out, H', W')
+        return (h + self.skip(self._pool(x))) / math.sqrt(2)
+
+
+class DDGANDiscriminator(nn.Module):
+    """The logit of "(x_{t−1}, x_t) is a real pair at step t": x_prev, x_t (B, C, H, W), t (B,) → (B,).
+
+    Widths 2·ndf, 4·ndf, 8·ndf, 8·ndf … (ndf = ``d_channels``): one block at full
+    resolution, then down-blocks until the map is at most 4×4 (32 → 16 → 8 → 4,
+    28 → 14 → 7 → 4, 8 → 4), as the paper's small (CIFAR-10) discriminator.
+    """
+
+    def __init__(self, config: DDGANNetConfig):
+        super().__init__()
+        self.config = c = config
+        ndf = c.d_channels
+        self.temb_in = 2 * ndf
+        temb_dim = 4 * ndf
+        self.time_mlp = nn.Sequential(nn.Linear(self.temb_in, temb_dim), nn.LeakyReLU(0.2),
+                                      nn.Linear(temb_dim, temb_dim), nn.LeakyReLU(0.2))
+        self.conv_in = nn.Conv2d(2 * c.channels, 2 * ndf, 1)
+        blocks, width, size = [DownBlock(2 * ndf, 2 * ndf, temb_dim, downsample=False)], 2 * ndf, c.image_size
+        while size > 4:
+            out = min(2 * width, 8 * ndf)
+            blocks.append(DownBlock(width, out, temb_dim, downsample=True))
+            width, size = out, math.ceil(size / 2)
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_out = nn.Conv2d(width, width, 3, padding=1)
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(sinusoidal_embedding(t, self.temb_in).to(x_t.dtype))    # (B, 4ndf)
+        h = self.conv_in(torch.cat([x_prev, x_t], dim=1))                            # (B, 2C, H, W) → (B, 2ndf, H, W)
+        for block in self.blocks:
+            h = block(h, temb)                                                       # … → (B, ≤8ndf, ≤4, ≤4)
+        h = F.leaky_relu(self.conv_out(h), 0.2).sum(dim=(2, 3))                     # (B, width), summed over space
+        return self.linear(h).squeeze(1)                                             # (B,)
