@@ -17,6 +17,21 @@ across runs and machines the network is reproducible:
   and labels, the recipe, the objective and :data:`FEATURE_CODE_VERSION`; a second
   call loads the cached weights instead of training.
 
+**Shipped networks.** Retrained on another machine the network is not bit-for-bit
+the same (float rounding differs with the CPU's kernels and thread count), so for
+the builtin datasets (``fashion-mnist``, ``mnist-5k``, ``digits``) the network is
+trained once, by ``scripts/build_feature_nets.py`` with :data:`DEFAULT_RECIPE`,
+and shipped inside the package (``trilemma/metrics/feature_nets/``: one
+safetensors file per dataset and ``manifest.json`` with each file's sha256, the
+recipe, the data config, the fingerprint of the training data, the test accuracy
+and the torch version it was trained with). :func:`get_feature_network` loads it,
+after checking the sha256, whenever the request is exactly what was shipped: a
+builtin dataset at its native size and channels, the default recipe, the current
+:data:`FEATURE_CODE_VERSION` and the training images it was trained on. Anything else (another image size, a
+folder, another recipe) is trained and cached as above. ``feature_net.source``
+in every result says which (``"shipped"`` or ``"trained"``), ``feature_net.sha256``
+which weights.
+
 **Objective.** A labelled dataset (the builtins, a folder with one sub-folder per
 class) trains a classifier on its labels; the features are the 128-d penultimate
 activations and :meth:`FeatureNetwork.probs` gives class probabilities (used by
@@ -37,10 +52,13 @@ autoencoder features. Class-based metrics are then undefined and reported as
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from trilemma.errors import TrilemmaError
 from trilemma.utils.io import load_tensors, read_json, save_tensors, write_json
 from trilemma.utils.paths import cache_dir, stable_hash
 
@@ -75,6 +94,11 @@ DEFAULT_RECIPE: dict[str, Any] = {
 }
 
 ROTATIONS = 4  # rotation-prediction objective: 0, 90, 180, 270 degrees
+
+# The feature networks shipped with the package (see the module docstring).
+SHIPPED_DIR = Path(__file__).resolve().parent / "feature_nets"
+SHIPPED_MANIFEST = "manifest.json"
+SHIPPED_SCHEMA = "trilemma.feature-nets/1"
 
 
 def featurise_batch_size(image_shape: tuple[int, int, int]) -> int:
@@ -224,8 +248,11 @@ class FeatureNetwork:
     ``info`` (written to ``info.json`` and into every eval result as ``feature_net``):
     ``name``, ``objective`` ("classifier" or "rotation"), ``hash``, ``dataset``,
     ``data_config``, ``recipe``, ``code_version``, ``feature_dim``, ``num_classes``,
-    ``test_accuracy`` (class accuracy, or rotation accuracy for the fallback; null
-    when there is no test split), ``test_n``, ``train_seconds``, ``train_threads``.
+    ``class_names``, ``test_accuracy`` (class accuracy, or rotation accuracy for the
+    fallback; null when there is no test split), ``test_n``, ``train_seconds``,
+    ``train_threads``, ``source`` ("shipped" with the package or "trained" on this
+    machine), ``sha256`` (of the safetensors weights file) and ``torch_version``
+    (that trained it; None for networks cached before it was recorded).
     """
 
     net: ConvNet
@@ -247,8 +274,16 @@ class FeatureNetwork:
         """Features ``(N, D)`` and softmax outputs ``(N, K)``, both float64, in one pass.
 
         ``images``: uint8 ``(N, C, H, W)`` (as stored) or float in ``[-1, 1]``.
-        The network runs in float32; the outputs are cast to float64 for statistics.
+        The network runs in float32 (on CUDA with TF32 off: TF32 convolutions move the
+        features by ~1e-3, full float32 agrees with the CPU to ~1e-5); the outputs are
+        cast to float64 for statistics.
         """
+        if self.device.type == "cuda":
+            with full_float32_on_cuda():
+                return self._embed(images, batch_size, progress, desc)
+        return self._embed(images, batch_size, progress, desc)
+
+    def _embed(self, images, batch_size, progress, desc) -> tuple[np.ndarray, np.ndarray]:
         from trilemma.data import to_float
 
         images = torch.as_tensor(images)
@@ -277,10 +312,19 @@ class FeatureNetwork:
         return self.embed(images, **kwargs)[1]
 
 
+@contextmanager
+def full_float32_on_cuda():
+    """Turn TF32 off for cuDNN convolutions and CUDA matmuls (cuDNN's default is on), then restore."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def dataset_fingerprint(images: torch.Tensor, labels: torch.Tensor | None) -> str:
     """A hash of the training images and labels, so a changed folder retrains."""
-    import hashlib
-
     h = hashlib.sha256(images.contiguous().numpy().tobytes())
     if labels is not None:
         h.update(labels.contiguous().numpy().tobytes())
@@ -319,11 +363,16 @@ def canonical_data_config(data_config):
 def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
                         progress: bool = True, device: str | torch.device = "cpu",
                         log: Callable[[str], None] | None = None) -> FeatureNetwork:
-    """The feature network of ``data_config``: loaded from the cache, or trained and cached.
+    """The feature network of ``data_config``: shipped, loaded from the cache, or trained and cached.
 
     ``data_config``: a :class:`~trilemma.data.DataConfig` or a dataset name.
     ``recipe``: overrides of :data:`DEFAULT_RECIPE` (unknown keys raise ``ValueError``).
     ``log``: called with one-line status messages (e.g. "training ... (test accuracy 92.1%)").
+
+    A builtin dataset at the config, recipe and code version it was shipped with
+    (:func:`shipped_entry`) gets the shipped weights (sha256-checked): nothing is
+    trained and nothing is written to the cache. Everything else is trained on
+    first use and cached under ``$TRILEMMA_CACHE/feature-nets/``.
     """
     from trilemma.data import load_dataset
 
@@ -334,7 +383,17 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
     if train.has_labels:  # a folder's root-level files have no class (-1): not trained on
         train = train.subset(torch.nonzero(train.labels >= 0).flatten())
     targets = train.labels if train.has_labels else None
-    key = {"data": data_config.to_dict(), "fingerprint": dataset_fingerprint(train.images, targets),
+    fingerprint = dataset_fingerprint(train.images, targets)
+    entry = shipped_entry(data_config, recipe)
+    if entry is not None:
+        if entry["data_fingerprint"] == fingerprint:
+            return load_shipped_network(data_config.name, device=device)
+        if log:  # e.g. another copy of the dataset files: the shipped network was not trained on these
+            log(f"the training images of {data_config.name} differ from those its shipped feature network "
+                f"was trained on (fingerprint {fingerprint}, shipped {entry['data_fingerprint']}): "
+                "training one for them")
+
+    key = {"data": data_config.to_dict(), "fingerprint": fingerprint,
            "recipe": recipe, "objective": objective, "code_version": FEATURE_CODE_VERSION}
     digest = stable_hash(key)
     folder = cache_dir("feature-nets", f"{dataset_slug(data_config.name)}-{digest}")
@@ -343,11 +402,37 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
         info = read_json(folder / "info.json")
         net = build_net(recipe, data_config.channels, num_outputs)
         net.load_state_dict(load_tensors(folder / "model.safetensors"))
+        if "sha256" not in info:  # cached before networks were shipped: same keys as a new one
+            info.update(source="trained", sha256=file_sha256(folder / "model.safetensors"),
+                        torch_version=info.get("torch_version"))
         return FeatureNetwork(net.eval(), info, torch.device(device))
 
     if log:
         log(f"training the {objective} feature network for {data_config.name} "
             f"({recipe['steps']} steps on the CPU; cached afterwards in {folder})")
+    fn = train_feature_network(data_config, recipe, train, targets, digest, progress=progress,
+                               device=device)
+    save_tensors(folder / "model.safetensors", fn.net.state_dict(), {"hash": digest})
+    fn.info["sha256"] = file_sha256(folder / "model.safetensors")
+    write_json(folder / "info.json", fn.info)  # last: its presence marks a complete entry
+    if log:
+        what = "rotation accuracy" if objective == "rotation" else "test accuracy"
+        accuracy = fn.info["test_accuracy"]
+        acc = "n/a (no test split)" if accuracy is None else f"{100 * accuracy:.2f}%"
+        log(f"feature network trained in {fn.info['train_seconds']:.0f} s, {what} {acc}")
+    return fn
+
+
+def train_feature_network(data_config, recipe: dict[str, Any], train, targets: torch.Tensor | None,
+                          digest: str, *, progress: bool = True,
+                          device: str | torch.device = "cpu") -> FeatureNetwork:
+    """Train the network of a canonical ``data_config`` on ``train`` and test it; no caching.
+
+    ``recipe``: a resolved recipe; ``targets``: the labels, or None for the rotation
+    objective; ``digest``: the cache hash recorded as ``info["hash"]``. The returned
+    ``info`` has every key but ``sha256``, which depends on how the weights are saved.
+    """
+    objective = "rotation" if targets is None else "classifier"
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         net = train_feature_net(train.images, targets, train.num_classes, recipe, progress)
@@ -369,14 +454,82 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
         "test_n": test_n,
         "train_seconds": round(train_seconds, 1),
         "train_threads": torch.get_num_threads(),
+        "source": "trained",
+        "torch_version": torch.__version__,
     }
-    save_tensors(folder / "model.safetensors", net.state_dict(), {"hash": digest})
-    write_json(folder / "info.json", fn.info)  # last: its presence marks a complete entry
-    if log:
-        what = "rotation accuracy" if objective == "rotation" else "test accuracy"
-        acc = "n/a (no test split)" if accuracy is None else f"{100 * accuracy:.2f}%"
-        log(f"feature network trained in {train_seconds:.0f} s, {what} {acc}")
     return fn
+
+
+# --- the shipped networks ----------------------------------------------------------------------
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def shipped_manifest(folder: str | Path | None = None) -> dict[str, Any]:
+    """The manifest of the shipped networks (``{}`` if the package ships none)."""
+    path = Path(folder or SHIPPED_DIR) / SHIPPED_MANIFEST
+    if not path.is_file():
+        return {}
+    manifest = read_json(path)
+    if manifest.get("schema") != SHIPPED_SCHEMA:
+        raise TrilemmaError(f"{path}: not a {SHIPPED_SCHEMA} manifest (schema {manifest.get('schema')!r}); "
+                            "reinstall trilemma")
+    return manifest
+
+
+def shipped_entry(data_config, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest entry of the network shipped for this exact request, or None.
+
+    Shipped means: a builtin dataset whose canonical resolved config equals the
+    manifest's (its native image size and channels, default split), ``recipe``
+    (resolved against :data:`DEFAULT_RECIPE`) equal to the recipe it was trained
+    with, and the current :data:`FEATURE_CODE_VERSION`.
+    """
+    data_config = canonical_data_config(data_config)
+    entry = shipped_manifest().get("networks", {}).get(data_config.name)
+    if entry is None or not data_config.is_builtin:
+        return None
+    if (entry["data_config"] != data_config.to_dict() or entry["recipe"] != resolve_recipe(recipe)
+            or entry["code_version"] != FEATURE_CODE_VERSION):
+        return None
+    return entry
+
+
+def load_shipped_network(name: str, *, folder: str | Path | None = None,
+                         device: str | torch.device = "cpu") -> FeatureNetwork:
+    """The shipped network of builtin dataset ``name``, its sha256 checked against the manifest.
+
+    Reads safetensors only (nothing is unpickled); trains nothing and writes nothing.
+    A missing or altered weights file raises :class:`~trilemma.errors.TrilemmaError`.
+    """
+    folder = Path(folder or SHIPPED_DIR)
+    entry = shipped_manifest(folder).get("networks", {}).get(name)
+    if entry is None:
+        raise TrilemmaError(f"no shipped feature network for dataset {name!r} in {folder}")
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise TrilemmaError(f"shipped feature network of {name} is missing ({path}): reinstall trilemma")
+    sha256 = file_sha256(path)
+    if sha256 != entry["sha256"]:
+        raise TrilemmaError(f"shipped feature network of {name} is corrupt: {path} has sha256 {sha256[:16]}..., "
+                            f"the manifest says {entry['sha256'][:16]}...; reinstall trilemma or rebuild it "
+                            "with scripts/build_feature_nets.py")
+    net = build_net(entry["recipe"], entry["data_config"]["channels"], entry["num_classes"])
+    net.load_state_dict(load_tensors(path))
+    info = {key: entry[key] for key in SHIPPED_INFO_KEYS}
+    info.update(name=f"trilemma-convnet-{entry['objective']}-{dataset_slug(name)}-{sha256[:16]}",
+                hash=sha256[:16], dataset=name, source="shipped", sha256=sha256)
+    return FeatureNetwork(net.eval(), {key: info[key] for key in INFO_KEYS}, torch.device(device))
+
+
+# The keys of FeatureNetwork.info, in order; the shipped ones copy the rest from their manifest entry.
+INFO_KEYS = ("name", "objective", "hash", "dataset", "data_config", "recipe", "code_version", "feature_dim",
+             "num_classes", "class_names", "test_accuracy", "test_n", "train_seconds", "train_threads",
+             "source", "sha256", "torch_version")
+SHIPPED_INFO_KEYS = tuple(k for k in INFO_KEYS if k not in ("name", "hash", "dataset", "source", "sha256"))
 
 
 def resolve_recipe(overrides: dict[str, Any] | None) -> dict[str, Any]:
