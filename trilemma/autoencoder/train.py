@@ -40,8 +40,15 @@ from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, int_in, opt, optional, overrides, positive_int
 from trilemma.run import read_run_config
-from trilemma.train.common import TrainConfig, grad_norm_and_clip
-from trilemma.train.family import Built, TrainSpec, data_config, device_of, stored_train_config, train, train_config
+from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    read_stored,
+    train,
+    train_config,
+)
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.device import autocast, pick_device
 from trilemma.utils.io import write_json
@@ -74,18 +81,14 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
+    s = read_stored(out, config, dataset, model=AutoencoderConfig, autoencoder=AutoencoderObjective)
+    train_, device, dataset, model_config, objective = s.train, s.device, s.dataset, s["model"], s["autoencoder"]
     where = f"{out}/config.json"
-    data = DataConfig.from_dict(config["data"])
-    model_config = from_dict(AutoencoderConfig, config["model"], where)
-    objective = from_dict(AutoencoderObjective, config["autoencoder"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data, "train")
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = Autoencoder(model_config).to(device)
     disc = PatchDiscriminator(from_dict(PatchDiscConfig, config["disc"], where)).to(device) \
         if objective.uses_disc else None
-    opt = torch.optim.AdamW(model.parameters(), lr=train_.lr, weight_decay=train_.weight_decay)
+    opt = adamw(model.parameters(), train_)                   # fused on CUDA
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
         x, _ = dataset.batch(indices, generator)                         # (B, C, H, W) in [-1, 1]
@@ -134,11 +137,15 @@ def disc_step(model: Autoencoder, disc: PatchDiscriminator, opt, opt_d, objectiv
     """
     d_loss, g_loss = DISC_LOSSES[objective.disc_loss]
     first = next(model.parameters())
+    taken: list[int] = []                   # steps taken = the loop's step; read from the optimiser once (no sync)
 
     def step(draw, noise: torch.Generator) -> dict[str, torch.Tensor]:
         x, _ = draw()
-        state = opt.state.get(first)                                        # steps taken = the loop's step
-        adversarial = (int(state["step"]) if state else 0) >= objective.disc_start
+        if not taken:
+            state = opt.state.get(first)
+            taken.append(int(state["step"]) if state else 0)
+        adversarial = taken[0] >= objective.disc_start
+        taken[0] += 1
         with autocast(device, train_.bf16):                                 # --- autoencoder step
             terms = autoencoder_terms(model, x, objective, noise)
             x_hat = terms.pop("x_hat")

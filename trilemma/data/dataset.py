@@ -3,16 +3,36 @@
 Every source (builtins and folders) ends up here. The whole split lives in one
 contiguous uint8 tensor ``(N, C, H, W)``; :meth:`ImageDataset.batch` is the
 training hot path: index, optionally flip, convert once to float in ``[-1, 1]``.
+
+Inside :func:`resident` (the training loop opens it on a GPU) a split's images are copied once to
+the device and :meth:`ImageDataset.batch` indexes them there, so a minibatch costs no host-to-device
+copy; the indices and the flips are still drawn on the CPU from the same generator, so the data
+order and the images are exactly those of the CPU path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 
 from trilemma.data.config import DataConfig
 from trilemma.data.transforms import to_float
+
+# (device, the largest number of bytes to copy there) while training; None: batches stay on the CPU
+_RESIDENT: ContextVar[tuple[torch.device, int] | None] = ContextVar("trilemma_resident", default=None)
+
+
+@contextlib.contextmanager
+def resident(device: torch.device, max_bytes: int) -> Iterator[None]:
+    """While open, datasets of at most ``max_bytes`` keep their images on ``device`` (see the module docstring)."""
+    token = _RESIDENT.set((torch.device(device), int(max_bytes)))
+    try:
+        yield
+    finally:
+        _RESIDENT.reset(token)
 
 
 class DataWarning(UserWarning):
@@ -49,6 +69,7 @@ class ImageDataset:
         self.config = config
         self.split = split
         self.name = name
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -77,13 +98,25 @@ class ImageDataset:
 
         With ``config.hflip`` each image is mirrored left-right with probability 1/2,
         drawn from ``generator`` (a CPU generator; the global one if ``None``).
+        Inside :func:`resident` the images come back on its device (the labels stay on the CPU).
         """
         indices = as_index(indices)
-        x = self.images[indices]  # (B, C, H, W) uint8, a fresh copy
+        images = self._images_for(_RESIDENT.get())
+        x = images[indices.to(images.device, non_blocking=True)]  # (B, C, H, W) uint8, a fresh copy
         if self.config.hflip:
-            flip = torch.rand(len(indices), generator=generator) < 0.5  # (B,)
-            x[flip] = x[flip].flip(-1)
+            flip = torch.rand(len(indices), generator=generator) < 0.5  # (B,), drawn on the CPU
+            flip = flip.to(x.device, non_blocking=True)[:, None, None, None]
+            x = torch.where(flip, x.flip(-1), x)                         # no boolean indexing: no host sync
         return to_float(x), self.labels[indices]
+
+    def _images_for(self, where: tuple[torch.device, int] | None) -> torch.Tensor:
+        """The images on the resident device when one is open, the split fits and it is not the CPU."""
+        if where is None or where[0].type == "cpu" or self.images.nbytes > where[1]:
+            return self.images
+        device = where[0]
+        if device not in self._on_device:
+            self._on_device = {device: self.images.to(device)}
+        return self._on_device[device]
 
     def subset(self, indices: torch.Tensor | Sequence[int]) -> ImageDataset:
         """A new dataset holding only ``indices`` (or a boolean mask), same config, split and classes."""

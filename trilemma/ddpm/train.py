@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from trilemma import __version__
-from trilemma.config import from_dict, to_dict
+from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.diffusion.denoiser import Denoiser
@@ -28,8 +28,15 @@ from trilemma.errors import TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.nets.unet import preset as unet_preset
 from trilemma.options import build, overrides
-from trilemma.train.common import TrainConfig
-from trilemma.train.family import Built, TrainSpec, data_config, device_of, stored_train_config, train, train_config
+from trilemma.train.common import TrainConfig, adamw
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    read_stored,
+    train,
+    train_config,
+)
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.viz import save_grid
 
@@ -60,17 +67,12 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
-    where = f"{out}/config.json"
-    data = DataConfig.from_dict(config["data"])
-    unet_config = from_dict(UNetConfig, config["model"], where)
-    diffusion = from_dict(DiffusionConfig, config["diffusion"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data, "train")
+    s = read_stored(out, config, dataset, model=UNetConfig, diffusion=DiffusionConfig)
+    train_, device, dataset, unet_config, diffusion = s.train, s.device, s.dataset, s["model"], s["diffusion"]
     schedule = make_schedule(diffusion.schedule)
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = UNet(unet_config)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_.lr, weight_decay=train_.weight_decay)
+    opt = adamw(model.parameters(), train_)                   # fused on CUDA
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
         x_0, y = dataset.batch(indices, generator)                       # (B, C, H, W) in [-1, 1]

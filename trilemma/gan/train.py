@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trilemma import __version__
-from trilemma.config import from_dict, to_dict
+from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.gan.config import DCGANConfig, GANConfig
@@ -31,7 +31,14 @@ from trilemma.gan.networks import Discriminator, Generator
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
 from trilemma.train.common import TrainConfig, grad_norm_and_clip
-from trilemma.train.family import Built, TrainSpec, data_config, device_of, stored_train_config, train, train_config
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    read_stored,
+    train,
+    train_config,
+)
 from trilemma.train.loop import FitResult, Trainer
 from trilemma.utils.device import autocast
 from trilemma.viz import save_grid
@@ -51,13 +58,8 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
     """Algorithm 1 in the shared loop: one *step* = k discriminator steps and one generator step."""
-    where = f"{out}/config.json"
-    data = DataConfig.from_dict(config["data"])
-    model_config = from_dict(DCGANConfig, config["model"], where)
-    gan = from_dict(GANConfig, config["gan"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data, "train")
+    s = read_stored(out, config, dataset, model=DCGANConfig, gan=GANConfig)
+    train_, device, dataset, model_config, gan = s.train, s.device, s.dataset, s["model"], s["gan"]
     if len(dataset) < train_.batch_size:
         raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
     torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only

@@ -23,7 +23,7 @@ import torch
 from trilemma import __version__
 from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, file_digest, load_autoencoder
-from trilemma.config import from_dict, to_dict
+from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.ddpm.train import UNET_OVERRIDES, class_dropout, preview_samples
@@ -34,8 +34,8 @@ from trilemma.ldm.config import latent_unet_preset
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.options import build, opt, overrides
 from trilemma.run import read_run_config
-from trilemma.train.common import TrainConfig
-from trilemma.train.family import Built, TrainSpec, device_of, stored_train_config, train, train_config
+from trilemma.train.common import TrainConfig, adamw
+from trilemma.train.family import Built, TrainSpec, read_stored, train, train_config
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.io import atomic_write, write_json
 from trilemma.viz import save_grid
@@ -104,17 +104,13 @@ def on_create(out: Path, values: dict[str, Any]) -> None:
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
-    where = f"{out}/config.json"
-    data_config = DataConfig.from_dict(config["data"])
-    unet_config = from_dict(UNetConfig, config["model"], where)
-    diffusion = from_dict(DiffusionConfig, config["diffusion"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
+    s = read_stored(out, config, dataset, model=UNetConfig, diffusion=DiffusionConfig)
+    train_, device, dataset, unet_config, diffusion = s.train, s.device, s.dataset, s["model"], s["diffusion"]
+    data_config = s.data
     ae_dir = out / AUTOENCODER_DIR
     ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
     if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
         raise RunError(f"{ae.weights_path}: not the autoencoder this run was started with (SHA-256 differs)")
-    dataset = dataset or load_dataset(data_config, "train")
     cached = cached_latents(ae, dataset, progress=progress)                  # (N, c, h, w), unscaled μ
     latents = cached.latents
     flipped = cached_latents(ae, dataset, flipped=True, progress=progress).latents if data_config.hflip else None
@@ -122,7 +118,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     schedule = make_schedule(diffusion.schedule)
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = UNet(unet_config)
-    opt_ = torch.optim.AdamW(model.parameters(), lr=train_.lr, weight_decay=train_.weight_decay)
+    opt_ = adamw(model.parameters(), train_)                   # fused on CUDA
 
     def batch_fn(indices: torch.Tensor, generator: torch.Generator):
         z = latents[indices]                                               # (B, c, h, w)

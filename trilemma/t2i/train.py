@@ -25,7 +25,7 @@ import torch
 from trilemma import __version__
 from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.run import load_autoencoder
-from trilemma.config import from_dict, to_dict
+from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.data.text import require_captions
 from trilemma.ddpm.config import DiffusionConfig
@@ -41,8 +41,15 @@ from trilemma.options import build, overrides
 from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder, pad_tokens
 from trilemma.t2i.run import AUTOENCODER_DIR, PixelSpace, load_space, pixel_shape, text_conditioning
-from trilemma.train.common import TrainConfig
-from trilemma.train.family import Built, TrainSpec, data_config, device_of, stored_train_config, train, train_config
+from trilemma.train.common import TrainConfig, adamw
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    read_stored,
+    train,
+    train_config,
+)
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.viz import save_grid
 
@@ -137,14 +144,9 @@ def caption_rows(table: CaptionTable, indices: torch.Tensor, cond_drop: float,
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
-    where = f"{out}/config.json"
-    data_config = DataConfig.from_dict(config["data"])
-    unet_config = from_dict(UNetConfig, config["model"], where)
-    diffusion = from_dict(DiffusionConfig, config["diffusion"], where)
-    text = from_dict(T2IConfig, config["text"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data_config, "train")
+    s = read_stored(out, config, dataset, model=UNetConfig, diffusion=DiffusionConfig, text=T2IConfig)
+    train_, device, dataset, unet_config, diffusion = s.train, s.device, s.dataset, s["model"], s["diffusion"]
+    text, data_config = s["text"], s.data
     require_captions(dataset)
     space = load_space(out, config, text, device)
     encoder = get_encoder(text.encoder, "cpu", text.max_length)
@@ -156,7 +158,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     schedule = make_schedule(diffusion.schedule)
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = UNet(unet_config)
-    opt_ = torch.optim.AdamW(model.parameters(), lr=train_.lr, weight_decay=train_.weight_decay)
+    opt_ = adamw(model.parameters(), train_)                   # fused on CUDA
     c, h, w = unet_config.in_channels, unet_config.image_size, unet_config.image_size
     where_text = space.describe() if isinstance(space, PixelSpace) else "autoencoder latents"
     describe = (f"training text-to-image diffusion ({count_parameters(model) / 1e6:.2f}M parameters, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -33,9 +34,10 @@ import torch
 from torch import nn
 
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.options import (check_fields, in_range, int_in, nonneg, nonneg_int, opt, optional,
-                              positive_int)
+from trilemma.options import check_fields, in_range, int_in, nonneg, nonneg_int, opt, optional, positive_int
 from trilemma.run import load_weights, save_weights
+from trilemma.train.distributed import average_gradients, unwrap
+from trilemma.utils.device import pick_device
 from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
 
 
@@ -60,10 +62,18 @@ class TrainConfig:
                            check=in_range(0.0, 1.0, hi_open=True))
     seed: int = opt(0, "seed of the initial weights, data order and noise", check=nonneg_int)
     log_every: int = opt(10, "steps between metrics.jsonl lines", check=int_in(1))
-    sample_every: int = opt(0, "steps between sample grids (0 = only at the end)", check=nonneg_int)
-    checkpoint_every: int = opt(500, "steps between checkpoints (and always at the end)", check=int_in(1))
-    bf16: bool = opt(False, "bf16 autocast for the forward pass (faster on recent CPUs and GPUs)")
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1 …")
+    sample_every: int = opt(0, "steps between sample grids (0 = by time only, --sample-minutes)", check=nonneg_int)
+    sample_minutes: float = opt(10.0, "minutes between sample grids (0 = off; always one at the end)",
+                                check=in_range(0.0, 10**7))
+    checkpoint_every: int | None = opt(None, "steps between checkpoints (default: by time, --checkpoint-minutes; "
+                                       "always one at the end)", check=optional(int_in(1)))
+    checkpoint_minutes: float = opt(10.0, "minutes between checkpoints and loss.png (0 = by steps only)",
+                                    check=in_range(0.0, 10**7))
+    bf16: bool = opt(False, "bf16 autocast for the forward pass (refused where the device has no native bf16)")
+    tf32: bool = opt(False, "TensorFloat-32 matmuls and convolutions on CUDA (faster, ~1e-3 relative error)")
+    compile: bool = opt(False, "torch.compile the trained networks (slow first steps; same weight files)")
+    deterministic: bool = opt(False, "deterministic kernels on CUDA (slower): bit-exact resume there too")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1 … (torchrun: this process's GPU)")
 
     def __post_init__(self):
         check_fields(self)
@@ -72,6 +82,12 @@ class TrainConfig:
 
 
 
+
+
+def adamw(params, train: TrainConfig, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with ``train``'s learning rate and weight decay; the fused kernel when training on CUDA."""
+    fused = pick_device(train.device).type == "cuda"
+    return torch.optim.AdamW(params, **{"lr": train.lr, "weight_decay": train.weight_decay, "fused": fused, **kwargs})
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, decay: str = "constant",
@@ -107,14 +123,22 @@ class EMA:
             b_ema.copy_(b)
 
 
+CLOCK_OFFSET_ENV = "TRILEMMA_CLOCK_OFFSET_S"     # tests: seconds added to this process's budget clock
+
+
 class Budget:
-    """When to stop: after ``steps`` total steps, or ``minutes`` of total training time."""
+    """When to stop: after ``steps`` total steps, or ``minutes`` of total training time.
+
+    Several processes (torchrun) agree on the clock at the loop's log steps: ``agreed`` then holds
+    the mean elapsed time, which the learning-rate decay reads so that every rank uses the same rate.
+    """
 
     def __init__(self, config: TrainConfig, elapsed_before: float = 0.0):
         self.steps = config.steps
         self.seconds = None if config.minutes is None else config.minutes * 60.0
         self.elapsed_before = elapsed_before
-        self.started = time.monotonic()
+        self.started = time.monotonic() - float(os.environ.get(CLOCK_OFFSET_ENV) or 0.0)
+        self.agreed: float | None = None
 
     @property
     def elapsed(self) -> float:
@@ -124,7 +148,8 @@ class Budget:
         """The share of the budget spent before ``step`` (for learning-rate decay)."""
         if self.steps is not None:
             return step / self.steps
-        return min(self.elapsed / self.seconds, 1.0)
+        elapsed = self.elapsed if self.agreed is None else self.agreed
+        return min(elapsed / self.seconds, 1.0)
 
     def done(self, step: int) -> bool:
         if self.steps is not None:
@@ -136,15 +161,18 @@ class Interrupt:
     """Turn the first Ctrl-C (SIGINT) or SIGTERM into a flag the loop checks; a second one aborts.
 
     SIGTERM is what ``timeout``, systemd, Slurm and Kubernetes send before killing a job: the loop
-    then saves a checkpoint and stops, exactly as for Ctrl-C.
+    then saves a checkpoint and stops, exactly as for Ctrl-C. A repeat within ``GRACE_S`` seconds is
+    ignored: torchrun forwards the Ctrl-C that the terminal already sent to every worker.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    GRACE_S = 3.0
 
     def __init__(self):
         self.requested = False
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._first = 0.0
 
     def __enter__(self):
         try:
@@ -156,8 +184,11 @@ class Interrupt:
 
     def _handle(self, signum, frame):
         if self.requested:
+            if time.monotonic() - self._first < self.GRACE_S:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._first = time.monotonic()
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
@@ -244,6 +275,10 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.state_dir / "trainer.json").is_file()
 
+    def info(self) -> dict[str, Any]:
+        """``state/trainer.json``: the step, the elapsed time and the device of the last checkpoint."""
+        return read_json(self.state_dir / "trainer.json")
+
     def save(self, step: int, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
              generators: dict[str, torch.Generator], data_order: dict[str, torch.Tensor],
              extra: dict[str, Any] | None = None) -> None:
@@ -259,16 +294,16 @@ class Checkpoint:
         rng.update({f"data.{k}": v for k, v in data_order.items()})
         save_tensors(self.state_dir / "rng.safetensors", rng, metadata={"step": str(step)})
         for stem, module in modules.items():
-            save_weights(self.run_dir / f"{stem}.safetensors", module, step)
+            save_weights(self.run_dir / f"{stem}.safetensors", unwrap(module), step)
         write_json(self.state_dir / "trainer.json", {"step": step, **(extra or {})})   # the commit mark
 
     def load(self, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
              generators: dict[str, torch.Generator], device: torch.device) -> tuple[dict, dict[str, torch.Tensor]]:
         """Restore everything saved by :meth:`save`; returns (trainer.json, data-order tensors)."""
-        info = read_json(self.state_dir / "trainer.json")
+        info = self.info()
         step = info["step"]
         for stem, module in modules.items():
-            saved = load_weights(self.run_dir / f"{stem}.safetensors", module, device)
+            saved = load_weights(self.run_dir / f"{stem}.safetensors", unwrap(module), device)
             if saved != step:
                 raise RunError(f"{self.run_dir}/{stem}.safetensors is from step {saved} but the checkpoint "
                                f"is from step {step}: the last save was interrupted; cannot resume safely")
@@ -276,12 +311,21 @@ class Checkpoint:
         md = tensors_metadata(optim_path)
         if int(md.get("step", -1)) != step:
             raise RunError(f"{optim_path} does not match step {step}: cannot resume safely")
-        tensors = load_tensors(optim_path, device)
-        meta = json.loads(md["meta"])
-        for name, opt in optimizers.items():
-            optimizer_from_tensors(opt, tensors, meta[name], name)
-        rng = load_tensors(self.state_dir / "rng.safetensors")
-        rng_from_tensors(rng, generators)
+        try:
+            tensors = load_tensors(optim_path, device)
+            meta = json.loads(md["meta"])
+            for name, opt in optimizers.items():
+                optimizer_from_tensors(opt, tensors, meta[name], name)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise RunError(f"{optim_path}: does not match this run's optimisers ({type(e).__name__}: {e}); "
+                           f"cannot resume") from None
+        rng_path = self.state_dir / "rng.safetensors"
+        try:
+            rng = load_tensors(rng_path)
+            rng_from_tensors(rng, generators)
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise RunError(f"{rng_path}: unreadable or not this run's ({type(e).__name__}: {e}); "
+                           f"cannot resume") from None
         data_order = {k[len("data."):]: v for k, v in rng.items() if k.startswith("data.")}
         return info, data_order
 
@@ -320,8 +364,13 @@ class EpochSampler:
 
 
 def grad_norm_and_clip(parameters, max_norm: float) -> torch.Tensor:
-    """Clip the global gradient norm to ``max_norm`` (if > 0); the norm before clipping, a 0-d tensor (no sync)."""
+    """Clip the global gradient norm to ``max_norm`` (if > 0); the norm before clipping, a 0-d tensor (no sync).
+
+    Under torchrun the gradients are first averaged over the processes (one all-reduce), so the
+    norm and the clipping are those of the global batch's gradient.
+    """
     params = [p for p in parameters if p.grad is not None]
+    average_gradients(params)
     if max_norm > 0:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))

@@ -19,17 +19,20 @@ from typing import Any, Callable
 import torch
 
 from trilemma.config import from_dict
-from trilemma.data import DataConfig, ImageDataset
+from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.options import build, option_names
+from trilemma.train import distributed
 from trilemma.train.common import TrainConfig
 from trilemma.train.loop import FitResult, Trainer, fit
 from trilemma.train.rundir import prepare_run_dir, resume_config
-from trilemma.utils.device import pick_device
+from trilemma.utils.device import check_bf16, pick_device
+from trilemma.utils.io import read_json
 
 PRESETS = ("tiny", "small", "base")
 # Options that may change when a run is resumed (everything else is the run's own, from config.json).
-RESUMABLE = ("steps", "minutes", "device", "bf16", "log_every", "sample_every", "checkpoint_every")
+RESUMABLE = ("steps", "minutes", "device", "bf16", "tf32", "compile", "deterministic", "log_every", "sample_every",
+             "sample_minutes", "checkpoint_every", "checkpoint_minutes")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,29 @@ def stored_train_config(out: Path, config: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, config["train"], f"{out}/config.json")
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A run folder's config read back for training: data, train options, device, training set, family sections."""
+
+    data: DataConfig
+    train: TrainConfig
+    device: torch.device
+    dataset: ImageDataset
+    sections: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.sections[name]
+
+
+def read_stored(out: Path, config: dict[str, Any], dataset: ImageDataset | None, **sections: type) -> Stored:
+    """Every ``build_trainer`` starts here: ``sections`` maps config.json keys to their dataclasses."""
+    where = f"{out}/config.json"
+    parsed = {key: from_dict(cls, config[key], where) for key, cls in sections.items()}
+    train_ = stored_train_config(out, config)
+    data = DataConfig.from_dict(config["data"])
+    return Stored(data, train_, device_of(train_), dataset or load_dataset(data, "train"), parsed)
+
+
 def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, progress: bool = True,
           evaluate: bool = True, **options: Any) -> FitResult:
     """Train a new ``spec.kind`` run into ``out``, or continue it with ``resume=True``.
@@ -99,6 +125,10 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
     ``options`` are the flat options of the family (the same names as the command-line flags, with
     ``_``): e.g. ``train(DDPM, "runs/x", data="digits", preset="tiny", steps=10, lr=1e-3)``.
     ``evaluate=False`` skips the family's ``finish`` step (test metrics after training).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; rank 0 creates (or updates) the
+    run folder, fills the caches and builds first, the others then read the folder; only rank 0
+    writes and runs ``finish`` (see :mod:`trilemma.train.distributed`).
     """
     out = Path(out)
     values = spec.values(options)
@@ -107,21 +137,43 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
         if fixed:
             raise TrilemmaError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in fixed)} cannot change "
                                 f"when resuming (the run keeps the options in {out}/config.json)")
+    created = distributed.init()
+    try:
+        w = distributed.world()
+        prepared = distributed.main_first(lambda: _prepare(spec, out, values, options, resume), w, others=False)
+        if w.is_main:
+            config, dataset = prepared
+        else:
+            config, dataset = read_json(out / "config.json"), None
+        built = distributed.main_first(lambda: spec.build(out, config, dataset, progress and w.is_main), w)
+        result = fit(out, built.trainer, train=built.train, num_examples=built.num_examples, device=built.device,
+                     resume=resume, progress=progress, desc=spec.desc)
+        if evaluate and spec.finish is not None and not result.interrupted and w.is_main:
+            spec.finish(out, values, progress)
+        return result
+    finally:
+        if created:
+            distributed.shutdown()
+
+
+def _prepare(spec: TrainSpec, out: Path, values: dict[str, Any], options: dict[str, Any],
+             resume: bool) -> tuple[dict[str, Any], ImageDataset | None]:
+    """The run's config.json (a new run folder, or the stored one with this session's changes) and its data."""
+    if resume:
+        changes = {k: options[k] for k in RESUMABLE if k in options and k not in ("steps", "minutes")}
+        if (out / "config.json").is_file():                             # refuse --bf16 before writing anything
+            stored = read_json(out / "config.json").get("train", {})
+            effective = {**stored, **changes}
+            check_bf16(pick_device(effective.get("device", "auto")), bool(effective.get("bf16")))
         config = resume_config(out, spec.kind, options.get("steps"), options.get("minutes"), drop=spec.drop_on_resume,
-                               changes={k: options[k] for k in RESUMABLE if k in options and k not in
-                                        ("steps", "minutes")})
-        dataset = None
-    else:
-        config, dataset = spec.new_config(values)
-        config = prepare_run_dir(out, False, config)
-        if spec.on_create is not None:
-            spec.on_create(out, values)
-    built = spec.build(out, config, dataset, progress)
-    result = fit(out, built.trainer, train=built.train, num_examples=built.num_examples, device=built.device,
-                 resume=resume, progress=progress, desc=spec.desc)
-    if evaluate and spec.finish is not None and not result.interrupted:
-        spec.finish(out, values, progress)
-    return result
+                               changes=changes)
+        return config, None
+    check_bf16(pick_device(values.get("device", "auto")), bool(values.get("bf16")))
+    config, dataset = spec.new_config(values)
+    config = prepare_run_dir(out, False, config)
+    if spec.on_create is not None:
+        spec.on_create(out, values)
+    return config, dataset
 
 
 def device_of(train: TrainConfig) -> torch.device:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -10,16 +11,62 @@ from trilemma.errors import TrilemmaError
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``None``/"auto" -> cuda if available else cpu; otherwise the named device."""
+    """``None``/"auto" -> cuda if available else cpu; otherwise the named device.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) a device without an index, "cuda", means this process's
+    GPU, ``cuda:LOCAL_RANK``.
+    """
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise TrilemmaError(f"--device: unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrilemmaError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
+
+
+def check_bf16(device: torch.device, bf16: bool) -> None:
+    """``--bf16`` on a device without bf16 is refused with a one-line error (CPU: see :func:`native_bf16`)."""
+    if bf16 and not native_bf16(device):
+        what = ("this GPU has no bf16 support" if device.type == "cuda" else
+                "this CPU has no native bf16 (AVX512-BF16 or AMX); it would be emulated and slow")
+        raise TrilemmaError(f"--bf16: {what} ({describe(device)}); train without --bf16")
+
+
+def describe(device: torch.device) -> str:
+    """A device in words, e.g. "cuda:0 (NVIDIA H200)" or "cpu"."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def set_precision(device: torch.device, tf32: bool, deterministic: bool) -> None:
+    """``--tf32`` (TensorFloat-32 matmuls and convolutions on CUDA) and ``--deterministic``.
+
+    Deterministic mode: ``torch.use_deterministic_algorithms`` (warning where an op has no
+    deterministic kernel), cuDNN without benchmarking, and the cuBLAS workspace setting
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (effective when set before the first cuBLAS call).
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def resident_bytes(device: torch.device, share: float = 0.25) -> int:
+    """How many bytes of training data may stay on ``device``: ``share`` of a GPU's free memory, 0 elsewhere."""
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(share * free)
 
 
 def autocast(device: torch.device, bf16: bool):

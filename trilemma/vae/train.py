@@ -18,13 +18,20 @@ from typing import Any
 import torch
 
 from trilemma import __version__
-from trilemma.config import from_dict, to_dict
+from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
 from trilemma.run import read_run_config
-from trilemma.train.common import TrainConfig
-from trilemma.train.family import Built, TrainSpec, data_config, device_of, stored_train_config, train, train_config
+from trilemma.train.common import TrainConfig, adamw
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    read_stored,
+    train,
+    train_config,
+)
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.device import pick_device
 from trilemma.utils.io import write_json
@@ -51,16 +58,11 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
-    where = f"{out}/config.json"
-    data = DataConfig.from_dict(config["data"])
-    net = from_dict(VAENetConfig, config["model"], where)
-    vae = from_dict(VAEConfig, config["vae"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data, "train")
+    s = read_stored(out, config, dataset, model=VAENetConfig, vae=VAEConfig)
+    train_, device, dataset, net, vae = s.train, s.device, s.dataset, s["model"], s["vae"]
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = VAE(net, vae)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_.lr, weight_decay=train_.weight_decay)
+    opt = adamw(model.parameters(), train_)                   # fused on CUDA
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
         x, _ = dataset.batch(indices, generator)                         # (B, C, H, W) in [-1, 1]
