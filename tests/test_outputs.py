@@ -228,7 +228,7 @@ def parse(capsys, validator, text: str):
 def test_argparse_messages_are_one_line_with_the_option(capsys):
     assert parse(capsys, nonneg_int, "7") == 7
     assert parse(capsys, nonneg_int, str(2**70)).startswith(
-        "trilemma x: error: argument --v: must be an integer in [0, 2**63-1], got '11805916207174113")
+        "trilemma: error: argument --v: must be an integer in [0, 2**63-1], got '11805916207174113")
     assert "must be an integer in [0, 2**63-1], got '2**70'" in parse(capsys, nonneg_int, "2**70")
     assert "must be a finite number, got 'nan'" in parse(capsys, finite_float, "nan")
     assert "must be a finite number > 0, got 'inf'" in parse(capsys, positive_float, "inf")

@@ -18,9 +18,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from trilemma.config import Section, from_dict
 from trilemma.data import DataConfig, to_uint8
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata
+from trilemma.utils.validate import check_memory
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class GeneratorRun:
         self.path = Path(path)
         self.config = config
         self.device = device
-        self.data_config = DataConfig.from_dict(config["data"])
+        self.data_config = read_data_config(config["data"], getattr(config, "file", f"{path}/config.json"))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,6 +88,10 @@ class GeneratorRun:
         options = options or SampleOptions()
         if n <= 0:
             raise TrilemmaError(f"--n: must be a positive integer, got {n}")
+        if batch_size <= 0:
+            raise TrilemmaError(f"--batch-size: must be a positive integer, got {batch_size}")
+        check_memory(sampling_bytes(n, min(batch_size, n), self.image_shape), f"sampling {n} images of "
+                     f"{'x'.join(map(str, self.image_shape))}", "--n")
         g = self.generator(seed)
         batches = [min(batch_size, n - start) for start in range(0, n, batch_size)]
         steps = self.steps_per_batch(options)
@@ -109,16 +115,85 @@ class GeneratorRun:
         return 1
 
 
+# The top-level keys a run's config.json may hold: the header, then the sections of every family.
+RUN_HEADER = ("kind", "trilemma_version", "preset")
+RUN_SECTIONS = ("data", "model", "train", "diffusion", "gan", "vae", "autoencoder", "disc", "latent", "text",
+                "ddgan")
+
+
 def read_run_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of the run folder ``path``, checked, as a :class:`~trilemma.config.Section`.
+
+    Refused with a one-line :class:`RunError` naming the file (and the key): a path that is not a
+    folder, no ``config.json``, not JSON, not an object, no or a non-text ``kind``, unknown top-level
+    keys, a section that is not an object, a ``data`` section that does not read. A section the
+    family then asks for and the file lacks raises ``RunError "<file>: no '<name>' section"``
+    (see :class:`~trilemma.config.Section`), and :func:`trilemma.config.from_dict` names file and
+    field for wrong values.
+    """
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise RunError(f"{path}: no such run folder")
-    if not (path / "config.json").is_file():
+    if not path.is_dir():
+        raise RunError(f"{path}: not a run folder (not a folder; a run folder holds config.json and weights)")
+    file = path / "config.json"
+    if not file.is_file():
         raise RunError(f"{path}: not a run folder (no config.json)")
-    config = read_json(path / "config.json")
-    if not isinstance(config, dict) or "kind" not in config:
-        raise RunError(f"{path}/config.json: missing 'kind'")
-    return config
+    raw = read_json(file)
+    if not isinstance(raw, dict):
+        raise RunError(f"{file}: expected a JSON object, got {type(raw).__name__}")
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise RunError(f"{file}: 'kind' must name the kind of run (e.g. \"ddpm\"), got {kind!r}")
+    unknown = sorted(set(raw) - set(RUN_HEADER) - set(RUN_SECTIONS), key=str)
+    if unknown:
+        raise RunError(f"{file}: unknown top-level key(s) {', '.join(map(repr, unknown))} "
+                       f"(known: {', '.join(RUN_HEADER + RUN_SECTIONS)})")
+    for key in ("trilemma_version", "preset"):
+        if key in raw and not isinstance(raw[key], str):
+            raise RunError(f"{file}: '{key}' must be a string, got {raw[key]!r}")
+    for key in RUN_SECTIONS:
+        if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
+            raise RunError(f"{file}: section '{key}' must be an object, got {type(raw[key]).__name__}")
+    if raw.get("data") is not None:
+        read_data_config(raw["data"], file)
+    return Section.wrap(raw, str(file))
+
+
+def read_data_config(section: Any, file: str | Path) -> DataConfig:
+    """The ``data`` section of a run's config.json as a :class:`DataConfig`; errors name the file."""
+    try:
+        return DataConfig.from_dict(dict(section) if isinstance(section, dict) else section)
+    except (TrilemmaError, TypeError, ValueError) as e:
+        raise RunError(f"{file}: data: {e}") from None
+
+
+def read_section(path: str | Path, config: dict[str, Any], name: str, cls: type):
+    """Section ``name`` of a run's config (from :func:`read_run_config`) as the dataclass ``cls``.
+
+    Errors (missing section, unknown or wrongly typed fields, values the checks refuse) are one
+    :class:`RunError` line naming ``<path>/config.json`` and the field.
+    """
+    file = f"{Path(path) / 'config.json'}"
+    if name not in config or config[name] is None:
+        raise RunError(f"{file}: no '{name}' section")
+    try:
+        return from_dict(cls, config[name], file, _name=name)
+    except RunError:
+        raise
+    except TrilemmaError as e:
+        raise RunError(str(e)) from None
+
+
+def sampling_bytes(n: int, batch_size: int, image_shape: tuple[int, int, int]) -> float:
+    """A lower bound on the memory that drawing ``n`` images in batches of ``batch_size`` needs.
+
+    The uint8 results twice (the batches and their concatenation) and a float32 batch in a few copies
+    (x_t, the prediction, x̂₀, the update); the network's activations come on top.
+    """
+    c, h, w = image_shape
+    pixels = c * h * w
+    return 2.0 * n * pixels + 8.0 * batch_size * pixels * 4
 
 
 def grid_rows(n: int) -> int:
@@ -132,8 +207,25 @@ def save_weights(path: Path, module: nn.Module, step: int) -> None:
 def load_weights(path: Path, module: nn.Module, device: torch.device | str = "cpu") -> int:
     """Load a weights file into ``module`` (strict); returns the step it was saved at."""
     tensors = load_tensors(path, device)
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
+        raise RunError(f"{path}: weights do not match the model in config.json (missing {len(missing)}, "
+                       f"unexpected {len(unexpected)} tensors, e.g. {(missing or unexpected)[0]!r}): "
+                       f"weights of another run or another kind of run?")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise RunError(f"{path}: weights do not match the model in config.json ({name!r} is "
+                           f"{tuple(tensor.shape)}, the model needs {tuple(expected[name].shape)}): "
+                           f"weights of another run?")
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
         raise RunError(f"{path}: weights do not match the model in config.json "
-                       f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    return int(tensors_metadata(path).get("step", -1))
+                       f"({str(e).splitlines()[0]})") from None
+    step = tensors_metadata(path).get("step", "-1")
+    try:
+        return int(step)
+    except ValueError:
+        raise RunError(f"{path}: its metadata 'step' is not an integer ({step[:20]!r})") from None

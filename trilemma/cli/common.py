@@ -3,60 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from trilemma.metrics.report import format_value
 from trilemma.utils.console import say
+from trilemma.utils.validate import (
+    FloatRange,
+    finite_float,
+    float_in,
+    int_in,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
-__all__ = ["format_value", "say"]
+__all__ = ["MAX_BATCH", "batch_size_int", "existing_dir", "finite_float", "float_in", "format_value",
+           "guidance_float", "int_in", "minutes_float", "nonneg_float", "nonneg_int", "positive_float",
+           "positive_int", "say", "seed_int", "subparser", "unit_float"]
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``trilemma X: error: ...``), exit code 2."""
+    """An ArgumentParser whose errors are one line (``trilemma: error: ...``), exit code 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    def error(self, message: str):
+        self.exit(2, f"trilemma: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
-    return value
+# Numeric option types (argparse ``type=``): the validators of trilemma.utils.validate, one rule and one
+# message each ("argument --n: must be an integer in [1, 2**63-1], got '0'"). NaN, ±inf and integers beyond
+# int64 are refused everywhere.
+unit_float = unit_interval                                  # a number in [0, 1]
+seed_int = nonneg_int                                       # --seed: 0 … 2**63-1 (torch.manual_seed's range)
+# --guidance w: one rule for every command: finite and >= 0 (0 = unconditional ε(x_t, ∅), 1 = conditional
+# only, > 1 = guided; docs/methods.md §8). Runs without a condition ignore it.
+guidance_float = FloatRange(0.0, math.inf, text="must be a finite number >= 0 (0: unconditional, "
+                            "1: conditional, > 1: guided)")
+MAX_BATCH = 2**20                                           # as `trilemma train --batch-size`
+batch_size_int = int_in(1, MAX_BATCH)
+MAX_MINUTES = 10**7                                         # as `trilemma train --minutes`
+minutes_float = FloatRange(0.0, MAX_MINUTES, lo_open=True, text=f"must be a number in (0, {MAX_MINUTES}]")
 
 
 def existing_dir(text: str) -> Path:

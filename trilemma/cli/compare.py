@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from trilemma.cli.common import positive_int, say, subparser
+from trilemma.cli.common import batch_size_int, positive_int, say, seed_int, subparser
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
 from trilemma.metrics.report import SPEED_AXES, markdown_table, plot_trilemma
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive_int, default=None, help="images per run when a run is evaluated "
                    "here (default 10000)")
     add_sampler_args(p)  # for runs evaluated here
-    p.add_argument("--seed", type=int, default=0, help="sampling seed for runs evaluated here")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="sampling batch size")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed for runs evaluated here")
+    p.add_argument("--batch-size", type=batch_size_int, default=256, help="sampling batch size")
     p.add_argument("--reeval", action="store_true", help="evaluate runs even if they have eval.json")
     p.add_argument("--x", choices=tuple(SPEED_AXES), default="images-per-s",
                    help="speed axis of the plot")
@@ -41,10 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from trilemma.utils.io import write_json
+    from trilemma.utils.outputs import output_dir
 
+    out = output_dir(args.out, "--out")                        # before any run is evaluated
+    for item in args.items:
+        check_item(item, args)
     rows = [(label_for(item, result), result) for item in args.items for result in [load_result(item, args)]]
     rows = unique_labels(rows)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(markdown_table(rows))
     plot_trilemma(rows, out / "trilemma.png", args.x)
@@ -73,6 +76,32 @@ def unique_labels(rows: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     return out
 
 
+def check_item(item: str, args: argparse.Namespace) -> None:
+    """An argument is an eval JSON file or a run folder (whose eval.json can be written): checked up front."""
+    from trilemma.cli.eval import EVAL_FILE
+    from trilemma.run import read_run_config
+    from trilemma.utils.outputs import output_file
+
+    p = Path(item)
+    if p.is_dir():
+        read_run_config(p)
+        if args.reeval or not (p / EVAL_FILE).is_file():
+            output_file(p / EVAL_FILE, item, suffixes=None)
+        return
+    if not p.exists():
+        raise TrilemmaError(f"{item}: no such run folder or JSON file")
+    if not p.is_file():
+        raise TrilemmaError(f"{item}: not a run folder or a JSON file")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise TrilemmaError(f"{item}: cannot read ({e.strerror or e})") from None
+    if magic.startswith((b"PK", b"\x93NUMPY")):
+        raise TrilemmaError(f"{item}: an array file, not an eval result; score images with "
+                            f"`trilemma eval --samples {item} --data DATASET --json FILE.json` and compare that")
+
+
 def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
     """An eval result from a JSON file, a run's ``eval.json``, or by evaluating the run now."""
     from trilemma.cli.eval import EVAL_FILE, load_run_for_eval
@@ -91,9 +120,16 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
     cached = p / EVAL_FILE
     if cached.is_file() and not args.reeval:
         say(f"{item}: using {cached} (--reeval to evaluate again)")
-        return read_json(cached)
+        result = read_json(cached)
+        if not isinstance(result, dict) or result.get("schema") != SCHEMA_VERSION:
+            raise TrilemmaError(f"{cached}: not a trilemma eval result of this version (pass --reeval to "
+                                f"evaluate the run again)")
+        return result
+    from trilemma.cli.eval import check_sampling_memory
+
     run = load_run_for_eval(item, args.device)
     options = sample_options(args)
+    check_sampling_memory(run, args.n or DEFAULT_N, args.batch_size)
     say(f"{item}: evaluating {args.n or DEFAULT_N} samples")
     result = evaluate_run(run, args.n or DEFAULT_N, options, seed=args.seed,
                           batch_size=args.batch_size, progress=not args.quiet, log=say)

@@ -13,9 +13,17 @@ deterministic sampler, and η = 1), and leaves everything in one run folder:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from trilemma.cli.common import positive_float, positive_int, say, subparser
+from trilemma.cli.common import (
+    MAX_MINUTES,
+    batch_size_int,
+    int_in,
+    minutes_float,
+    positive_int,
+    say,
+    seed_int,
+    subparser,
+)
 
 
 def register(sub) -> None:
@@ -25,15 +33,16 @@ def register(sub) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=positive_float, default=None, help="training minutes (default 6)")
+    budget.add_argument("--minutes", type=minutes_float, default=None,
+                        help=f"training minutes (default 6; at most {MAX_MINUTES})")
     budget.add_argument("--steps", type=positive_int, default=None, help="or: training steps")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=batch_size_int, default=128)
     p.add_argument("--prediction", choices=("eps", "v"), default="v",
                    help="what the U-Net predicts: v (default here: keeps x̂₀ sane at high noise, which "
                         "deterministic DDIM needs after a few minutes of training) or ε (Algorithm 1 as written)")
-    p.add_argument("--ddpm-n", type=positive_int, default=16, help="images in the DDPM (T-step) grid")
-    p.add_argument("--ddim-n", type=positive_int, default=64, help="images in each 50-step DDIM grid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddpm-n", type=int_in(1, 4096), default=16, help="images in the DDPM (T-step) grid")
+    p.add_argument("--ddim-n", type=int_in(1, 4096), default=64, help="images in each 50-step DDIM grid")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast while training (auto: when the hardware has native bf16)")
     p.add_argument("--device", default="auto")
@@ -47,10 +56,13 @@ def run(args) -> int:
     from trilemma.ddpm.train import train_ddpm
     from trilemma.registry import load_run
     from trilemma.run import SampleOptions
+    from trilemma.train.rundir import check_run_dir
     from trilemma.utils.device import native_bf16, pick_device
+    from trilemma.utils.outputs import output_dir
     from trilemma.viz import save_grid
 
-    out = Path(args.out)
+    out = output_dir(args.out, "--out")
+    check_run_dir(out, resume=args.resume, steps=args.steps, minutes=args.minutes)
     t0 = time.perf_counter()
     minutes = None if args.steps else (args.minutes or 6.0)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trilemma.cli.common import positive_int, say, subparser, unit_float
+from trilemma.cli.common import positive_int, say, seed_int, subparser, unit_float
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="noise level t₀ = strength·T: 0 keeps the input, 1 ignores it")
     p.add_argument("--negative", default=None, help="negative prompt: replaces ∅ in guidance")
     p.add_argument("--n", type=positive_int, default=1, help="number of variations (one noise draw each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default=None, help="PNG to write (default RUN/samples/edit.png)")
     p.add_argument("--npz", default=None, help="also write the images as uint8 N×H×W×C under key 'images'")
     p.add_argument("--quiet", action="store_true")
@@ -37,27 +37,33 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from trilemma.cli.generate import load_t2i_run, sampling, write_outputs
+    from trilemma.cli.generate import check_outputs, load_t2i_run, sampling, write_outputs
     from trilemma.data import to_uint8
     from trilemma.errors import TrilemmaError
-    from trilemma.t2i.edit import edit_images, edit_timesteps, load_image
+    from trilemma.t2i.edit import edit_images, edit_plan, load_image
 
     if not args.prompt.strip():
         raise TrilemmaError("PROMPT: empty; give a prompt describing the edited image")
+    options = sampling(args, args.prompt)
+    out, _ = check_outputs(args, Path(args.run) / "samples" / "edit.png")
+    load_t2i_run(args.run, None, check_only=True)
     r = load_t2i_run(args.run, args.device)
     c, size, _ = r.image_shape
+    from trilemma.run import sampling_bytes
+    from trilemma.utils.validate import check_memory
+
+    check_memory(sampling_bytes(args.n, args.n, r.image_shape), f"editing {args.n} copies of one image", "--n")
     image = load_image(args.image, size, c)                                      # (1, C, H, W) in [-1, 1]
-    options = sampling(args, args.prompt)
-    steps = len(edit_timesteps(r.schedule.T, args.strength, options.sampler, options.steps))
+    plan = edit_plan(r.schedule, args.strength, options.sampler, options.steps, options.spacing)
+    steps = plan.points
     t0 = time.perf_counter()
-    with tqdm(total=steps, desc=f"editing ({steps} steps from t0={round(args.strength * r.schedule.T)})",
+    with tqdm(total=steps, desc=f"editing ({steps} {options.sampler} steps from t0={plan.t0})",
               unit="step", disable=args.quiet or steps == 0, leave=False) as bar:
         edited = edit_images(r, image.repeat(args.n, 1, 1, 1), args.prompt, args.strength, options,
                              r.generator(args.seed), callback=lambda *_: bar.update(1))
     seconds = time.perf_counter() - t0
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / "edit.png"
     images = to_uint8(edited.float().cpu())
     write_outputs(images, out, args.npz, nrow=None)
-    say(f"trilemma: edited {args.image} towards {args.prompt!r} (strength {args.strength:g}, {steps} steps, "
-        f"guidance w={options.guidance:g}) in {seconds:.1f} s -> {out}")
+    say(f"trilemma: edited {args.image} towards {args.prompt!r} (strength {args.strength:g}, {options.sampler} "
+        f"{steps} steps, {plan.nfe} network evaluations, guidance w={options.guidance:g}) in {seconds:.1f} s -> {out}")
     return 0

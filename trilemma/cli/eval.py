@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from trilemma.cli.common import format_value, positive_int, say, subparser
+from trilemma.cli.common import (
+    batch_size_int,
+    format_value,
+    positive_int,
+    say,
+    seed_int,
+    subparser,
+)
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
 from trilemma.metrics.evaluate import EVAL_FILE
@@ -39,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shapes (per category; --n prompts, default 200), fashion-mnist-captions or "
                         "mnist-5k-captions (class agreement, seen vs held-out templates)")
     add_sampler_args(p)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=positive_int, default=256,
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=batch_size_int, default=256,
                    help="sampling batch size (images/s is measured on these batches)")
     p.add_argument("--json", metavar="FILE", help="write the full result here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -48,13 +55,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from trilemma.metrics import DEFAULT_N, as_image_batch, evaluate_images, evaluate_run
+    from trilemma.metrics import (
+        DEFAULT_N,
+        as_image_batch,
+        evaluate_images,
+        evaluate_run,
+    )
     from trilemma.utils.io import write_json
+    from trilemma.utils.outputs import output_file
 
     if args.prompts is not None:
         return run_prompt_eval(args)
-    if (args.run is None) == (args.samples is None):
-        raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER (not both)")
+    if args.run is None and args.samples is None:
+        raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER --data DATASET (a run is "
+                            "sampled and scored; --samples scores images you have)")
+    if args.run is not None and args.samples is not None:
+        raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER, not both")
+    if args.json is not None:
+        output_file(args.json, "--json", suffixes=(".json",))
     if args.samples is not None:
         if args.data is None:
             raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")
@@ -62,6 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         if sample_options(args) != SampleOptions():
             raise TrilemmaError("sampling options (--sampler, --steps, ...) apply to a RUN, not to --samples")
+        check_samples_path(args.samples)
         data_config = data_config_for(args.data)
         shape = (data_config.channels, data_config.image_size, data_config.image_size)
         images = as_image_batch(load_samples(args.samples, data_config), shape,
@@ -78,9 +97,14 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         if args.data is not None:
             raise TrilemmaError("--data applies to --samples; a run is scored against its own dataset")
+        from trilemma.run import read_run_config
+
+        read_run_config(args.run)
+        output_file(Path(args.run) / EVAL_FILE, "RUN", suffixes=None)   # written after sampling: check now
         run = load_run_for_eval(args.run, args.device)
         options = sample_options(args)
         n = args.n or DEFAULT_N
+        check_sampling_memory(run, n, args.batch_size)
         say(f"sampling {n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
             f"evaluations per image)")
         result = evaluate_run(run, n, options, seed=args.seed, batch_size=args.batch_size,
@@ -99,9 +123,13 @@ def run_prompt_eval(args: argparse.Namespace) -> int:
     from trilemma.t2i import evaluate_prompts, format_prompt_table
     from trilemma.t2i.evaluate import DEFAULT_GUIDANCES
     from trilemma.utils.io import write_json
+    from trilemma.utils.outputs import output_file
 
     if args.run is None or args.samples is not None or args.data is not None:
         raise TrilemmaError("--prompts scores a text-to-image RUN folder (not --samples or --data)")
+    if args.json is not None:
+        output_file(args.json, "--json", suffixes=(".json",))
+    load_t2i_run(args.run, None, check_only=True)
     run = load_t2i_run(args.run, args.device)
     guidances = tuple(sorted({*DEFAULT_GUIDANCES, args.guidance}))
     result = evaluate_prompts(run, args.prompts, n=args.n, guidances=guidances, options=sample_options(args),
@@ -111,6 +139,16 @@ def run_prompt_eval(args: argparse.Namespace) -> int:
         write_json(args.json, result)
         say(f"wrote {args.json}")
     return 0
+
+
+def check_sampling_memory(run, n: int, batch_size: int) -> None:
+    """Refuse ``--n`` images that would not fit in memory, before sampling (images and features)."""
+    from trilemma.run import sampling_bytes
+    from trilemma.utils.validate import check_memory
+
+    c, h, w = run.image_shape
+    check_memory(2 * sampling_bytes(n, min(batch_size, n), run.image_shape) + n * c * h * w * 4,
+                 f"sampling and scoring {n} images of {c}x{h}x{w}", "--n")
 
 
 def data_config_for(name: str):
@@ -125,13 +163,35 @@ def load_run_for_eval(path: str, device: str | None):
     return load_run(path, device=device)
 
 
+def check_samples_path(path: str) -> None:
+    """``--samples`` is a folder or an .npz file (checked before the dataset and feature network load)."""
+    p = Path(path)
+    if p.is_dir():
+        return
+    if not p.exists():
+        raise TrilemmaError(f"--samples {path}: no such file or folder")
+    if not p.is_file():
+        raise TrilemmaError(f"--samples {path}: not a regular file or a folder (expected an .npz file or a "
+                            f"folder of images)")
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise TrilemmaError(f"--samples {path}: cannot read ({e.strerror or e})") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise TrilemmaError(f"--samples {path}: a single .npy array; save the images as an .npz file "
+                            f"(np.savez(FILE, images=ARRAY))")
+    if not magic.startswith(b"PK"):
+        raise TrilemmaError(f"--samples {path}: not a readable .npz file (expected an .npz file or a folder of "
+                            f"images)")
+
+
 def load_samples(path: str, data_config) -> np.ndarray:
     """uint8 images from an ``.npz`` file or a folder of images (see ``--samples``)."""
     p = Path(path)
     if p.is_dir():
         return load_sample_folder(p, data_config)
-    if not p.is_file():
-        raise TrilemmaError(f"--samples {path}: no such file or folder")
+    check_samples_path(path)
     try:
         with np.load(p, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from trilemma.cli.common import nonneg_int, positive_int, say, subparser, unit_float
+from trilemma.cli.common import (
+    batch_size_int,
+    guidance_float,
+    nonneg_int,
+    positive_int,
+    say,
+    seed_int,
+    subparser,
+    unit_float,
+)
 from trilemma.diffusion.samplers import SAMPLERS, SOLVER_SPACINGS
 
 
@@ -28,7 +37,9 @@ def add_sampler_args(p) -> None:
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
                    help="do not clamp the predicted x̂₀ to [-1, 1]")
     p.add_argument("--label", type=nonneg_int, default=None, help="class-conditional runs: the class to draw")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w")
+    p.add_argument("--guidance", type=guidance_float, default=1.0,
+                   help="classifier-free guidance weight w, finite and >= 0 (0: unconditional, 1: conditional "
+                        "only, > 1: guided; docs/methods.md §8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda …")
 
 
@@ -45,8 +56,8 @@ def register(sub) -> None:
     p = subparser(sub, "sample", "draw images from a run into a PNG grid (and optionally an .npz)")
     p.add_argument("run", help="run folder")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=batch_size_int, default=256)
     p.add_argument("--out", default=None, help="PNG grid to write (default RUN/samples/<sampler>.png)")
     p.add_argument("--npz", default=None, help="also write the images as uint8 N×H×W×C under key 'images'")
     p.add_argument("--quiet", action="store_true")
@@ -58,23 +69,27 @@ def run(args) -> int:
     import time
 
     from trilemma.registry import load_run
+    from trilemma.run import read_run_config
     from trilemma.utils.io import atomic_path
+    from trilemma.utils.outputs import output_file
     from trilemma.viz import save_grid
 
+    read_run_config(args.run)                                          # a run folder, before anything else
+    out = output_file(args.out if args.out is not None else Path(args.run) / "samples" / f"{args.sampler}.png", "--out")
+    npz = output_file(args.npz, "--npz", suffixes=(".npz",)) if args.npz is not None else None
     r = load_run(args.run, device=args.device)
     options = sample_options(args)
     t0 = time.perf_counter()
     images = r.generate(args.n, seed=args.seed, batch_size=args.batch_size, options=options,
                         progress=not args.quiet)
     seconds = time.perf_counter() - t0
-    default_name = f"{options.sampler}.png" if r.reports_steps else f"{r.kind}.png"   # diffusion: by sampler
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / default_name
+    if args.out is None:                                               # diffusion: named by sampler
+        out = out.with_name(f"{options.sampler}.png" if r.reports_steps else f"{r.kind}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out)
     say(f"trilemma: {args.n} images ({r.describe(options)}, {r.nfe(options)} network evaluations each) "
         f"in {seconds:.1f} s -> {out}")
-    if args.npz:
-        npz = Path(args.npz)
+    if npz is not None:
         npz.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(npz) as tmp:
             with open(tmp, "wb") as f:

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trilemma.cli.common import Parser, positive_int, say, subparser
+from trilemma.cli.common import Parser, int_in, say, seed_int, subparser
+
+# Upper bounds of the pictures' sizes (a figure is drawn in memory; beyond these it is unreadable anyway).
+MAX_T = 100_000            # as `trilemma train --T`
+MAX_ROWS = 64              # images / pairs: rows of a figure
+MAX_COLUMNS = 100          # steps shown along a row
+T_type = int_in(2, MAX_T)
+rows_int = int_in(1, MAX_ROWS)
+columns_int = int_in(1, MAX_COLUMNS)
+
+
+def _check_out(args) -> None:
+    """``--out`` must be a writable .png: checked before any work."""
+    from trilemma.utils.outputs import output_file
+
+    args.out = str(output_file(args.out, "--out"))
 
 
 # ------------------------------------------------------------------------------------ schedules
 def _register_schedules(sub) -> None:
     p = subparser(sub, "schedules", "plot ᾱ_t, β_t and log-SNR of the four noise schedules")
     p.add_argument("--out", default="schedules.png", help="PNG to write")
-    p.add_argument("--T", type=positive_int, default=1000)
+    p.add_argument("--T", type=T_type, default=1000, help=f"diffusion steps (2 … {MAX_T})")
     p.set_defaults(func=_schedules)
 
 
@@ -21,6 +36,7 @@ def _schedules(args) -> int:
     from trilemma.diffusion.schedule import SCHEDULES, make_schedule
     from trilemma.viz import _pyplot, save_figure
 
+    _check_out(args)
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name in SCHEDULES:
@@ -45,10 +61,10 @@ def _register_forward(sub) -> None:
     p = subparser(sub, "forward", "x_0 … x_T of the forward process q(x_t|x_0), one row per schedule")
     p.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
     p.add_argument("--out", default="forward.png", help="PNG to write")
-    p.add_argument("--n", type=positive_int, default=3, help="number of images")
-    p.add_argument("--columns", type=positive_int, default=11, help="steps shown from t=0 to t=T")
-    p.add_argument("--T", type=positive_int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=rows_int, default=3, help=f"number of images (at most {MAX_ROWS})")
+    p.add_argument("--columns", type=columns_int, default=11, help=f"steps shown from t=0 to t=T (at most {MAX_COLUMNS})")
+    p.add_argument("--T", type=T_type, default=1000, help=f"diffusion steps (2 … {MAX_T})")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--autoencoder", metavar="RUN_AE", help="noise the scaled latents z = s·μ(x) of this "
                    "autoencoder run (or an ldm run's) and decode each z_t; the data is the autoencoder's")
     p.set_defaults(func=_forward)
@@ -62,6 +78,7 @@ def _forward(args) -> int:
     from trilemma.diffusion.schedule import SCHEDULES, make_schedule
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
+    _check_out(args)
     encode, decode, space = (lambda x: x), (lambda x: x), ""
     data = args.data
     if args.autoencoder:                           # latent space: q(z_t | z_0) on z_0 = s·μ(x), shown as D(z_t / s)
@@ -102,9 +119,9 @@ def _register_trajectory(sub) -> None:
     p = subparser(sub, "trajectory", "x_t and the prediction x̂₀ along the reverse process of a run")
     p.add_argument("run", help="run folder")
     p.add_argument("--out", default="trajectory.png", help="PNG to write")
-    p.add_argument("--n", type=positive_int, default=4, help="number of images")
-    p.add_argument("--columns", type=positive_int, default=10, help="steps shown")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=rows_int, default=4, help=f"number of images (at most {MAX_ROWS})")
+    p.add_argument("--columns", type=columns_int, default=10, help=f"steps shown (at most {MAX_COLUMNS})")
+    p.add_argument("--seed", type=seed_int, default=0)
     add_sampler_args(p)
     p.set_defaults(func=_trajectory)
 
@@ -116,8 +133,11 @@ def _trajectory(args) -> int:
     from trilemma.cli.sample import sample_options
     from trilemma.errors import TrilemmaError
     from trilemma.registry import load_run
+    from trilemma.run import read_run_config
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
+    read_run_config(args.run)
+    _check_out(args)
     run = load_run(args.run, device=args.device)
     if not hasattr(run, "schedule"):
         raise TrilemmaError(f"{args.run}: a {run.kind} run has no reverse process to show")
@@ -148,9 +168,10 @@ def _register_interpolation(sub) -> None:
                   "or great circles between noises (GAN), one row per pair")
     p.add_argument("run", help="run folder (vae or gan)")
     p.add_argument("--out", default="interpolation.png", help="PNG to write")
-    p.add_argument("--pairs", type=positive_int, default=6, help="rows: pairs of end points")
-    p.add_argument("--steps", type=positive_int, default=10, help="images per row, ends included")
-    p.add_argument("--seed", type=int, default=0, help="which test images (VAE) or noises (GAN)")
+    p.add_argument("--pairs", type=rows_int, default=6, help=f"rows: pairs of end points (at most {MAX_ROWS})")
+    p.add_argument("--steps", type=columns_int, default=10,
+                   help=f"images per row, ends included (at most {MAX_COLUMNS})")
+    p.add_argument("--seed", type=seed_int, default=0, help="which test images (VAE) or noises (GAN)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_interpolation)
 
@@ -161,8 +182,11 @@ def _interpolation(args) -> int:
     from trilemma.data import load_dataset
     from trilemma.errors import TrilemmaError
     from trilemma.registry import load_run
+    from trilemma.run import read_run_config
     from trilemma.viz import save_grid
 
+    read_run_config(args.run)
+    _check_out(args)
     run = load_run(args.run, device=args.device)
     g = torch.Generator().manual_seed(args.seed)
     if run.kind == "vae":                    # rows: x_a | decoded path between μ(x_a) and μ(x_b) | x_b

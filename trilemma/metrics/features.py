@@ -67,7 +67,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from trilemma.errors import TrilemmaError
+from trilemma.errors import RunError, TrilemmaError
 from trilemma.utils.io import load_tensors, read_json, save_tensors, write_json
 from trilemma.utils.paths import cache_dir, stable_hash
 
@@ -396,16 +396,13 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
     key = {"data": data_config.to_dict(), "fingerprint": fingerprint,
            "recipe": recipe, "objective": objective, "code_version": FEATURE_CODE_VERSION}
     digest = stable_hash(key)
-    folder = cache_dir("feature-nets", f"{dataset_slug(data_config.name)}-{digest}")
+    # The entry's folder is created only when the trained network is saved (a killed run leaves none);
+    # an entry is complete when info.json (written last) names the sha256 of model.safetensors.
+    folder = cache_dir("feature-nets") / f"{dataset_slug(data_config.name)}-{digest}"
     num_outputs = train.num_classes if train.has_labels else ROTATIONS
-    if (folder / "info.json").is_file() and (folder / "model.safetensors").is_file():
-        info = read_json(folder / "info.json")
-        net = build_net(recipe, data_config.channels, num_outputs)
-        net.load_state_dict(load_tensors(folder / "model.safetensors"))
-        if "sha256" not in info:  # cached before networks were shipped: same keys as a new one
-            info.update(source="trained", sha256=file_sha256(folder / "model.safetensors"),
-                        torch_version=info.get("torch_version"))
-        return FeatureNetwork(net.eval(), info, torch.device(device))
+    cached = _load_cached_network(folder, recipe, data_config.channels, num_outputs, device)
+    if cached is not None:
+        return cached
 
     if log:
         log(f"training the {objective} feature network for {data_config.name} "
@@ -421,6 +418,32 @@ def get_feature_network(data_config, *, recipe: dict[str, Any] | None = None,
         acc = "n/a (no test split)" if accuracy is None else f"{100 * accuracy:.2f}%"
         log(f"feature network trained in {fn.info['train_seconds']:.0f} s, {what} {acc}")
     return fn
+
+
+def _load_cached_network(folder: Path, recipe: dict[str, Any], channels: int, num_outputs: int,
+                         device: str | torch.device) -> FeatureNetwork | None:
+    """The cached network in ``folder``, or ``None`` when the entry is missing, incomplete or damaged.
+
+    Complete means: ``info.json`` (written last) is a JSON object and ``model.safetensors`` loads
+    into the network; when ``info.json`` records a sha256 (every entry written since networks are
+    shipped), the weights file must have it. Anything else is treated as absent and retrained.
+    """
+    info_path, weights = folder / "info.json", folder / "model.safetensors"
+    if not (info_path.is_file() and weights.is_file()):
+        return None
+    try:
+        info = read_json(info_path)
+        if not isinstance(info, dict):
+            return None
+        if "sha256" in info and info["sha256"] != file_sha256(weights):
+            return None
+        net = build_net(recipe, channels, num_outputs)
+        net.load_state_dict(load_tensors(weights))
+    except (RunError, RuntimeError, KeyError, ValueError, OSError):
+        return None
+    if "sha256" not in info:  # cached before networks were shipped: same keys as a new one
+        info.update(source="trained", sha256=file_sha256(weights), torch_version=info.get("torch_version"))
+    return FeatureNetwork(net.eval(), info, torch.device(device))
 
 
 def train_feature_network(data_config, recipe: dict[str, Any], train, targets: torch.Tensor | None,

@@ -3,7 +3,9 @@
 Two kinds of cache entries live under ``$TRILEMMA_CACHE/stats/``, as safetensors
 files named by a hash of the feature network's hash, the resolved data config,
 the split and a fingerprint of its images, :data:`REFERENCE_MAX` and
-:data:`STATS_CODE_VERSION`:
+:data:`STATS_CODE_VERSION`. Entries are written atomically (a killed process leaves
+no partial file) and an unreadable or incomplete entry is treated as absent and
+recomputed:
 
 - **split features** (:func:`split_features`): the features and class
   probabilities of every image of a split (the whole train split is needed for
@@ -25,7 +27,12 @@ import numpy as np
 import torch
 
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.metrics.features import FeatureNetwork, canonical_data_config, dataset_fingerprint, dataset_slug
+from trilemma.metrics.features import (
+    FeatureNetwork,
+    canonical_data_config,
+    dataset_fingerprint,
+    dataset_slug,
+)
 from trilemma.metrics.fid import gaussian_stats
 from trilemma.metrics.memorisation import nearest_distances
 from trilemma.metrics.prdc import knn_radii
@@ -83,7 +90,9 @@ def split_features(fn: FeatureNetwork, data_config, split: str, *,
     path = _cache_file("features", fn, data_config, split)
     try:
         t = load_tensors(path)
-        return t["features"].double().numpy(), t["probs"].double().numpy()
+        features, probs = t["features"].double().numpy(), t["probs"].double().numpy()
+        if features.ndim == 2 and probs.ndim == 2 and len(features) == len(probs) > 0:
+            return features, probs
     except (RunError, KeyError):  # missing or unreadable: recompute
         pass
     images = load_dataset(data_config, split=split).images
@@ -113,7 +122,7 @@ def reference_stats(fn: FeatureNetwork, data_config, split: str = "test", *,
             class_counts=t["class_counts"].numpy() if "class_counts" in t else None,
             train_nn=t["train_nn"].numpy() if "train_nn" in t else None,
             indices=t["indices"].numpy())
-    except (RunError, KeyError):
+    except (RunError, KeyError, ValueError):  # missing, unreadable or incomplete: recompute
         pass
     features, probs = split_features(fn, data_config, split, progress=progress)
     if len(features) <= max(RADII_K):

