@@ -15,6 +15,8 @@ import torch
 
 from trilemma.autoencoder.run import AutoencoderRun
 from trilemma.autoencoder.train import SPEC as AUTOENCODER_SPEC
+from trilemma.ddgan.run import DDGANRun
+from trilemma.ddgan.train import SPEC as DDGAN_SPEC
 from trilemma.ddpm.run import DiffusionRun
 from trilemma.ddpm.train import SPEC as DDPM_SPEC
 from trilemma.errors import RunError
@@ -50,6 +52,7 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in [
     Family("autoencoder", AutoencoderRun, AUTOENCODER_SPEC),
     Family("ldm", LatentDiffusionRun, LDM_SPEC),
     Family("t2i", TextDiffusionRun, T2I_SPEC),
+    Family("ddgan", DDGANRun, DDGAN_SPEC),
 ]}
 RUN_KINDS: dict[str, type[GeneratorRun]] = {kind: f.run for kind, f in FAMILIES.items()}
 
@@ -66,6 +69,6 @@ def load_run(path: str | Path, device: str | torch.device | None = None) -> Gene
     config = read_run_config(path)
     kind = config["kind"]
     if kind not in RUN_KINDS:
-        raise RunError(f"{path}: unknown run kind {kind!r} (known: {', '.join(sorted(RUN_KINDS))})")
+        raise RunError(f"{path}/config.json: unknown run kind {kind!r} (known: {', '.join(sorted(RUN_KINDS))})")
     device = device if isinstance(device, torch.device) else pick_device(device)
     return RUN_KINDS[kind](Path(path), config, device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from trilemma.cli.common import Parser, positive_float, positive_int, subparser
+from trilemma.cli.common import Parser, positive_float, positive_int, seed_int, subparser
 
 
 def _lazy(module: str):
@@ -30,7 +30,7 @@ def add_gan_gradients(sub) -> None:
     p.add_argument("--fixed-n", type=positive_int, help="size of the fixed batch of noises (default 256)")
     p.add_argument("--d-lr", type=positive_float, help="Adam learning rate of the fresh discriminators "
                    "(default: the DCGAN's, 2e-4)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--device", help="auto (default), cpu, cuda …")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_lazy("gan_gradients"))
@@ -53,7 +53,7 @@ def add_vae_vs_gan(sub) -> None:
     p.add_argument("--sharpness-n", type=positive_int, help="samples per model for the sharpness (default 250)")
     p.add_argument("--ddim-steps", type=positive_int, help="DDIM steps for the DDPM (default 50)")
     p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--device", help="auto (default), cpu, cuda …")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_lazy("vae_vs_gan"))
@@ -81,14 +81,53 @@ def add_latent_vs_pixel(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
     p.add_argument("--speed-sizes", type=positive_int, nargs="*",
                    help="image sizes of the speed sweep (default 28 32 64; none to skip)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--device", help="auto (default), cpu, cuda …")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_lazy("latent_vs_pixel"))
 
 
+def add_trilemma(sub) -> None:
+    p = subparser(sub, "trilemma", "VAE, GAN, DDPM, latent DDPM and DDGAN under the same wall-clock budget: "
+                  "FID, precision, recall, coverage, NFE and images/s in one table and one quality-vs-speed plot")
+    p.add_argument("--data", help="dataset name or image folder (default fashion-mnist)")
+    p.add_argument("--out", required=True, help="folder for the runs, trilemma.md, results.json and trilemma.png")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=positive_float, help="wall-clock training minutes per model (default 8; "
+                        "the latent arm's autoencoder gets a third of them)")
+    budget.add_argument("--steps", type=positive_int, help="or: training steps per network")
+    p.add_argument("--preset", choices=("tiny", "small", "base"), help="size of every model (default small)")
+    p.add_argument("--n", type=positive_int, help="samples per model for the metrics (default 1000)")
+    p.add_argument("--ddim-steps", type=positive_int, help="DDIM steps for the DDPMs (default 50)")
+    p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
+    p.add_argument("--seed", type=seed_int)
+    p.add_argument("--device", help="auto (default), cpu, cuda …")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_lazy("trilemma"))
+
+def add_steps(sub) -> None:
+    from trilemma.diffusion.samplers import SOLVER_SPACINGS
+
+    p = subparser(sub, "steps", "FID, KID, precision, recall, coverage and images/s of every sampler at every NFE "
+                  "budget, against DDPM on all T steps (table, JSON, FID-vs-NFE plot; cells cached)")
+    p.add_argument("run", metavar="RUN", help="a diffusion run folder (ddpm, ldm or t2i)")
+    p.add_argument("--out", required=True, help="folder for steps.md, steps.json, steps.png and cells/")
+    p.add_argument("--nfe", help="comma-separated network-evaluation budgets (default 4,6,8,10,15,20,50; "
+                   "heun uses 2⌊(NFE+1)/2⌋−1 of them)")
+    p.add_argument("--samplers", help="comma-separated samplers (default ddim,dpmpp-2m,dpmpp-2m-sde,unipc,heun,euler)")
+    p.add_argument("--n", type=positive_int, help="samples per cell for the metrics (default 2000)")
+    p.add_argument("--spacing", choices=SOLVER_SPACINGS, help="time steps of every sampler (default trailing; "
+                   "ddim stays on whole steps)")
+    p.add_argument("--no-reference", action="store_true", help="skip the DDPM reference on all T steps")
+    p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
+    p.add_argument("--seed", type=seed_int, help="seed of every cell (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda …")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=_lazy("steps"))
+
+
 # Functions `add(subparsers)`, one per experiment (gan-gradients, vae-vs-gan, latent-vs-pixel, …).
-EXPERIMENTS: list = [add_gan_gradients, add_vae_vs_gan, add_latent_vs_pixel]
+EXPERIMENTS: list = [add_gan_gradients, add_vae_vs_gan, add_latent_vs_pixel, add_trilemma, add_steps]
 
 
 def register(sub) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from trilemma.cli.common import Parser, say, subparser
+from trilemma.cli.common import Parser, int_in, say, subparser
 
 # The kinds with a trainer, in `trilemma train --help` order, and their one-line help (kept here so that
 # `trilemma --help` does not import torch); tests check it against the registry.
@@ -24,6 +24,8 @@ TRAINERS = {
            "and cached)",
     "t2i": "text-to-image diffusion: a frozen text encoder, cross-attention, caption dropout for classifier-free "
            "guidance (docs/methods.md §8)",
+    "ddgan": "train a denoising diffusion GAN (T large steps, each a conditional GAN; docs/methods.md §11); a step = "
+             "one D and one G update",
 }
 
 
@@ -65,8 +67,22 @@ def _given(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
 def _run(args) -> int:
     from trilemma.registry import train_spec
     from trilemma.train.family import train
+    from trilemma.train.rundir import check_run_dir
+    from trilemma.utils.outputs import output_dir
 
     spec = train_spec(args.family)
+    if getattr(args, "image_size", None) is not None:   # checked by the data layer too, but naming its flag here
+        from trilemma.data.config import MAX_IMAGE_SIZE
+
+        int_in(1, MAX_IMAGE_SIZE).check(args.image_size, "--image-size")
+    output_dir(args.out, "--out")                      # before any work: a writable folder, not a file
+    given = _given(args.parser, args.argv) if args.resume else set()
+    check_run_dir(args.out, resume=args.resume, steps=args.steps if "steps" in given else None,
+                  minutes=args.minutes if "minutes" in given else None, kind=args.family)
+    if args.resume:        # every section of config.json and the weights read back, before config.json is rewritten
+        from trilemma.registry import load_run
+
+        load_run(args.out, device="cpu")
     values = {k: v for k, v in vars(args).items()
               if k not in ("func", "family", "command", "out", "resume", "quiet", "parser", "argv")}
     if args.resume:

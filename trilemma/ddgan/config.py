@@ -25,7 +25,12 @@ def _steps(value) -> str | None:
 
 @dataclass(frozen=True)
 class DDGANConfig:
-    """The method: the few-step forward process, the game's regulariser, the optimisers, the EMA.
+    """The method: the few-step forward process, the game's regulariser, D's optimiser.
+
+    The generator's learning rate and the EMA of its weights are the shared ``--lr`` and
+    ``--ema-decay`` (:class:`trilemma.train.common.TrainConfig`); this family's defaults are in
+    ``trilemma.ddgan.train.SPEC`` (lr 1.6e-4 as the paper; EMA 0.999 for short CPU runs, the
+    paper's 0.9999 for long GPU runs).
 
     ``schedule = "vp"`` is the paper's discretised variance-preserving SDE (see
     :func:`trilemma.ddgan.diffusion.vp_betas`): t_k = ε + (1 − ε)·k/T,
@@ -48,12 +53,12 @@ class DDGANConfig:
     lazy_reg: int = opt(1, "apply R1 on every k-th discriminator step, unscaled as the paper's code (CIFAR-10: 15)",
                         check=int_in(1, 10_000))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
-    lr_g: float = opt(1.6e-4, "Adam learning rate of the generator", check=in_range(1e-12, 10.0))
-    lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator", check=in_range(1e-12, 10.0))
+    # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
+    # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).
+    lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator (the generator's is --lr)",
+                      check=in_range(1e-12, 10.0))
     beta1: float = opt(0.5, "Adam β₁ of both networks", check=in_range(0.0, 1.0, hi_open=True))
     beta2: float = opt(0.9, "Adam β₂ of both networks", check=in_range(0.0, 1.0, hi_open=True))
-    ema_decay: float = opt(0.9999, "decay of the EMA of G's weights (used for sampling)",
-                           check=in_range(0.0, 1.0, hi_open=True))
 
     def __post_init__(self):
         check_fields(self)

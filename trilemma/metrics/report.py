@@ -18,6 +18,8 @@ def sampling_text(result: dict) -> str:
     src = result.get("source", {})
     if src.get("kind") != "run":
         return src.get("kind", "")
+    if src.get("run_kind") == "ddgan":             # T generator calls; sampler options do not apply
+        return f"G, T = {src.get('nfe', '?')} passes"
     one_pass = ONE_PASS.get(src.get("run_kind", ""))
     if one_pass:                                   # no sampler options apply to these generators
         return one_pass

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from trilemma.config import from_dict
 from trilemma.ddpm.run import DiffusionRun
+from trilemma.diffusion.samplers import DEFAULT_STEPS, solver_nfe
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.run import SampleOptions
 from trilemma.t2i.config import T2IConfig
@@ -167,7 +168,10 @@ class TextDiffusionRun(DiffusionRun):
         return super().sample_batch(n, generator, options, **kwargs)
 
     def nfe(self, options: SampleOptions) -> int:
-        return self.steps_per_batch(options) * (1 if options.guidance == 1.0 else 2)
+        """Network evaluations per image: the sampler's (Heun 2N − 1, docs/methods.md §10.6), ×2 with guidance (§8.2)."""
+        per_image = (self.steps_per_batch(options) if options.sampler in ("ddpm", "ddim")
+                     else solver_nfe(options.sampler, options.steps or DEFAULT_STEPS))
+        return per_image * (1 if options.guidance == 1.0 else 2)
 
     def describe(self, options: SampleOptions) -> str:
         where = self.space.describe() if isinstance(self.space, PixelSpace) else "autoencoder latents"

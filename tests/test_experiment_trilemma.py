@@ -1,0 +1,78 @@
+"""`trilemma experiment trilemma`: five families, one budget, one table and one plot (docs/methods.md §9, §11)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import cli, one_line_error
+
+import trilemma.metrics as metrics_mod
+from trilemma.errors import TrilemmaError
+from trilemma.experiments.trilemma import ROWS, RUNS, TrilemmaConfig
+
+
+def test_budget_is_the_same_per_model_and_the_latent_arm_includes_its_autoencoder():
+    cfg = TrilemmaConfig(minutes=9)
+    assert cfg.budget("vae") == cfg.budget("ddgan") == {"minutes": 9}
+    assert cfg.budget("ae") == {"minutes": pytest.approx(3.0)}
+    assert cfg.budget("ldm", ae_minutes=3.2) == {"minutes": pytest.approx(5.8)}     # what the AE really used
+    assert TrilemmaConfig().budget("gan") == {"minutes": 8.0}
+    assert TrilemmaConfig(steps=5).budget("ldm", ae_minutes=100.0) == {"steps": 5}
+    with pytest.raises(TrilemmaError, match="autoencoder used"):
+        cfg.budget("ldm", ae_minutes=9.5)
+    with pytest.raises(TrilemmaError, match="at most one"):
+        TrilemmaConfig(minutes=1, steps=2)
+    fast = TrilemmaConfig().sampling("ddpm-fast")
+    assert (fast.sampler, fast.steps) == ("dpmpp-2m", 10)
+    assert TrilemmaConfig().sampling("ddpm-ddim").steps == 50 and TrilemmaConfig().sampling("ddgan").steps is None
+
+
+def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "tri"
+    args = ["experiment", "trilemma", "--data", "digits", "--preset", "tiny", "--steps", "2", "--n", "30",
+            "--ddim-steps", "3", "--batch-size", "15", "--device", "cpu", "--out", out, "--quiet"]
+    code, printed, err = cli(capsys, *args)
+    assert code == 0, err
+    for name in RUNS:
+        assert (out / name / "state" / "trainer.json").is_file(), name
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == list(ROWS)
+    speed = {k: r["metrics"]["speed"] for k, r in results.items()}
+    assert {k: s["nfe"] for k, s in speed.items()} == {"vae": 1, "gan": 1, "ddpm-ddim": 3, "ddpm-fast": 10,
+                                                        "ldm": 3, "ddgan": 4}
+    for key, r in results.items():
+        m = r["metrics"]
+        assert m["n"] == 30 and m["quality"]["fid"] is not None and m["coverage"]["recall"] is not None
+        assert speed[key]["images_per_s"] > 0 and (out / f"samples_{key}.png").is_file()
+        assert all(b["steps"] == 2 for b in r["budget"]) and (out / "evals" / f"{key}.json").is_file()
+        assert r["label"] in printed
+    assert [b["kind"] for b in results["ldm"]["budget"]] == ["autoencoder", "ldm"]
+    assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "dpmpp-2m"
+    table = (out / "trilemma.md").read_text()
+    assert table.count("\n| ") == 1 + len(ROWS) and "DDGAN (4 NFE)" in table and "as fast as the DDPM" in table
+    assert (out / "trilemma.png").stat().st_size > 5000
+
+    # a rerun trains nothing and samples nothing for the metrics
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("*/*.safetensors")}
+    assert len(weights) >= len(RUNS)
+
+    def refuse(*a, **k):
+        raise AssertionError("the rerun should reuse DIR/evals/<row>.json")
+
+    monkeypatch.setattr(metrics_mod, "evaluate_run", refuse)
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.safetensors")} == weights
+    assert "reusing" in err and "training the" not in err
+    assert json.loads((out / "results.json").read_text())["results"]["ddgan"]["metrics"] == results["ddgan"]["metrics"]
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    code, _, err = cli(capsys, "experiment", "trilemma", "--data", "digits", "--minutes", "1", "--steps", "2",
+                       "--out", tmp_path / "x")
+    assert code == 2
+    one_line_error(err, "--steps")
+    code, _, err = cli(capsys, "experiment", "trilemma", "--data", "no-such-data", "--steps", "2",
+                       "--out", tmp_path / "y")
+    assert code == 2 and "no-such-data" in err

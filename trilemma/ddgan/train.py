@@ -1,0 +1,175 @@
+"""Train a denoising diffusion GAN (Xiao et al., ICLR 2022; docs/methods.md §11) into a run folder.
+
+    python: train_ddgan("runs/ddgan", data="fashion-mnist", preset="small", minutes=8, T=4)
+    shell:  trilemma train ddgan --data fashion-mnist --out runs/ddgan --minutes 8 --T 4
+
+One *step* of the shared loop (:func:`trilemma.train.loop.fit`) is one iteration of the paper's
+training: on a minibatch x₀,
+
+1. a D update: real pairs (x_{t−1}, x_t) ~ q against fake pairs (x′_{t−1} ~ q(x_{t−1}|x_t, x̂₀),
+   x̂₀ = G(x_t, z, t) without gradients), the non-saturating cost plus R1 on the real pairs
+   (every ``--lazy-reg`` D updates, :meth:`DDGANConfig.r1_gamma_at`);
+2. a G update with D frozen, on fresh t, fresh pairs and fresh z from the same x₀.
+
+Run folder: ``model.safetensors`` = G, ``disc.safetensors`` = D, ``ema.safetensors`` = the EMA of
+G (the loop's EMA; sampling uses it), ``state/`` with both Adam states, every RNG and the data
+order, so ``--resume`` continues bit for bit on the CPU. G's learning rate is ``--lr`` (default
+1.6e-4) and D's is ``--lr-d`` (1.25e-4); both follow the shared warm-up/decay schedule, D's
+through the ratio ``lr_scale = lr_d / lr`` stored in its Adam param group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma import __version__
+from trilemma.config import from_dict, to_dict
+from trilemma.data import DataConfig, ImageDataset, load_dataset
+from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig
+from trilemma.ddgan.config import preset as ddgan_preset
+from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
+from trilemma.ddgan.losses import discriminator_terms, generator_terms
+from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
+from trilemma.errors import TrilemmaError
+from trilemma.nets.unet import count_parameters
+from trilemma.options import build, overrides
+from trilemma.train.common import TrainConfig, grad_norm_and_clip
+from trilemma.train.family import (
+    Built,
+    TrainSpec,
+    data_config,
+    device_of,
+    stored_train_config,
+    train,
+    train_config,
+)
+from trilemma.train.loop import FitResult, Trainer
+from trilemma.utils.device import autocast
+from trilemma.viz import save_grid
+
+PREVIEW_N = 64
+NET_OVERRIDES = ("base_channels", "d_channels")
+
+
+def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
+    data = data_config(values)
+    ddgan = build(DDGANConfig, values)
+    model = ddgan_preset(values["preset"], data.image_size, data.channels, **overrides(values, NET_OVERRIDES))
+    dataset = load_dataset(data, "train")                       # validate the data before creating the folder
+    config = {"kind": "ddgan", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
+              "model": to_dict(model), "ddgan": to_dict(ddgan), "train": to_dict(train_config(values))}
+    return config, dataset
+
+
+def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
+    """D updates made so far, read from Adam's own step counter (so lazy R1 stays in phase across resumes)."""
+    for state in opt_d.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
+
+
+def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
+                    opt_d: torch.optim.Optimizer, schedule, x_0: torch.Tensor, ddgan: DDGANConfig,
+                    noise: torch.Generator | None = None, grad_clip: float = 0.0,
+                    bf16: bool = False) -> dict[str, torch.Tensor]:
+    """One D update then one G update with D frozen (paper §3.3, Alg. of its code); returns 0-d/per-sample stats.
+
+    The D update minimises mean(−log D(real) − log(1 − D(fake)) + R1), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
+    pairs with γ = ``ddgan.r1_gamma_at(d_updates_done(opt_d))``; the G update minimises the mean of the
+    non-saturating −log D(fake) on fresh pairs (docs/methods.md §11).
+    """
+    device = x_0.device
+    gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
+    with autocast(device, bf16):
+        d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise)
+    loss_d = d_terms["loss"].float().mean()
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    grad_norm_d = grad_norm_and_clip(D.parameters(), grad_clip)
+    opt_d.step()
+
+    D.requires_grad_(False)                                              # G's update leaves D as it is
+    with autocast(device, bf16):
+        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise)
+    loss_g = g_terms["loss"].float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    grad_norm_g = grad_norm_and_clip(G.parameters(), grad_clip)
+    opt_g.step()
+    D.requires_grad_(True)
+    return {"loss": loss_g.detach(), "loss_g": loss_g.detach(), "loss_d": d_terms["d_loss"].detach().float().mean(),
+            "r1": d_terms["r1"].detach().float().mean(), "d_real": d_terms["d_real"].float().mean(),
+            "d_fake": d_terms["d_fake"].float().mean(), "d_fake_g": g_terms["d_fake"].float().mean(),
+            "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
+
+
+def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
+    """The DDGAN game in the shared loop: one *step* = one D update and one G update."""
+    where = f"{out}/config.json"
+    data = DataConfig.from_dict(config["data"])
+    net = from_dict(DDGANNetConfig, config["model"], where)
+    ddgan = from_dict(DDGANConfig, config["ddgan"], where)
+    train_ = stored_train_config(out, config)
+    device = device_of(train_)
+    dataset = dataset or load_dataset(data, "train")
+    if len(dataset) < train_.batch_size:
+        raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
+    schedule = ddgan_schedule(ddgan)
+    torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only
+    G, D = DDGANGenerator(net, ddgan.z_dim), DDGANDiscriminator(net)
+    betas = (ddgan.beta1, ddgan.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=train_.lr, betas=betas)
+    opt_d = torch.optim.Adam([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}],
+                             lr=ddgan.lr_d, betas=betas)                 # the loop sets lr = lr_scale · lr_at(…)
+
+    def batch(indices: torch.Tensor, generator: torch.Generator):
+        x, _ = dataset.batch(indices, generator)                         # (B, C, H, W) in [-1, 1]
+        return x.to(device, non_blocking=True), {}
+
+    def step(draw, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
+        x_0, _ = draw()
+        return ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, ddgan, noise_gen, train_.grad_clip, train_.bf16)
+
+    g_preview = torch.Generator().manual_seed(1234)
+    x_T_preview = torch.randn((PREVIEW_N, net.channels, net.image_size, net.image_size), generator=g_preview)
+    (out / "samples").mkdir(exist_ok=True)
+
+    @torch.no_grad()
+    def preview(sampling_net, at_step: int) -> None:
+        was_training = sampling_net.training
+        sampling_net.eval()
+        g = torch.Generator().manual_seed(4321)                          # its own RNG: training RNGs untouched
+        images = ddgan_sample(sampling_net, x_T_preview.to(device), schedule, ddgan.z_dim, generator=g)
+        save_grid(images, out / "samples" / f"step_{at_step:07d}.png")
+        sampling_net.train(was_training)
+
+    trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
+                      step=step, ema=True, preview=preview,
+                      plot=(("loss_d", "loss_g"), f"{out.name}: DDGAN D and G losses (T = {ddgan.T})"),
+                      describe=f"training DDGAN (T = {ddgan.T}; G {count_parameters(G) / 1e6:.2f}M, "
+                               f"D {count_parameters(D) / 1e6:.2f}M parameters; R1 γ = {ddgan.r1_gamma} every "
+                               f"{ddgan.lazy_reg} D step(s)) on {dataset.name} "
+                               f"({len(dataset)} images {'x'.join(map(str, dataset.image_shape))})")
+    return Built(trainer, train_, len(dataset), device)
+
+
+SPEC = TrainSpec(kind="ddgan", help="train a denoising diffusion GAN (T large steps, each a conditional GAN; "
+                 "docs/methods.md §11); a step = one D and one G update", desc="DDGAN",
+                 options=(DataConfig, TrainConfig, DDGANConfig), overrides={DDGANNetConfig: NET_OVERRIDES},
+                 # The paper: G's lr 1.6e-4, batch 64 on CIFAR-10, no warm-up or clipping, EMA 0.9999 (0.999 here:
+                 # a CPU run of minutes is a few thousand steps, which a 0.9999 average would barely leave).
+                 defaults={"lr": 1.6e-4, "batch_size": 64, "warmup_steps": 0, "grad_clip": 0.0, "ema_decay": 0.999},
+                 new_config=new_config, build=build_trainer)
+
+
+def train_ddgan(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:
+    """Train a DDGAN into the run folder ``out`` (or continue it with ``resume=True``); options as the CLI's."""
+    return train(SPEC, out, resume=resume, progress=progress, **options)
+
+
+__all__ = ["SPEC", "ddgan_iteration", "train_ddgan"]

@@ -1,0 +1,354 @@
+"""The generative learning trilemma, measured: five families under one wall-clock budget (docs/methods.md §9, §11).
+
+    trilemma experiment trilemma --data fashion-mnist --minutes 8 --out DIR [--preset small] [--n 1000]
+
+Trains, on the same data and each with the same budget (``--minutes`` of wall clock, or ``--steps``
+for tests): a VAE (``DIR/vae``), a DCGAN (``DIR/gan``), a pixel DDPM (``DIR/ddpm``), a latent DDPM
+(``DIR/ae`` + ``DIR/ldm``) and a denoising diffusion GAN (``DIR/ddgan``, T = 4). The latent arm's
+budget includes its autoencoder: the autoencoder gets a third of the minutes and the latent DDPM
+the rest (``--minutes`` minus the autoencoder's training time as its loop measured it; encoding
+the training set into the latent cache and the autoencoder's scale-factor pass are not counted).
+With ``--steps`` every network, the autoencoder included, gets that many steps.
+
+Every model is then scored by :func:`trilemma.metrics.evaluate_run` with the same ``--n``, seed and
+batch size against the test split (FID, KID, precision, recall, coverage, NFE, images/s); the
+DDPM twice, with 50-step DDIM and with DPM-Solver++(2M) at 10 network evaluations (the best
+few-step solver, docs/methods.md §10); the latent DDPM with 50-step DDIM. The training images are
+scored as a floor.
+
+Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
+the numbers), ``DIR/results.json``, ``DIR/trilemma.png`` (FID against images/s on log axes,
+colour = recall, marker size = coverage, with a sample grid per model beside it) and
+``DIR/samples_<row>.png``. Re-running reuses finished runs (``state/trainer.json`` present) and
+finished evaluations (``DIR/evals/<row>.json``, when made with the same n, sampling and seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trilemma.data import load_dataset
+from trilemma.errors import TrilemmaError
+from trilemma.registry import load_run
+from trilemma.run import SampleOptions, read_run_config
+from trilemma.utils.console import say
+from trilemma.utils.device import pick_device
+from trilemma.utils.io import read_json, write_json
+from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
+
+# Run folders in training order; the latent arm is "ae" then "ldm".
+RUNS = ("vae", "gan", "ddpm", "ae", "ldm", "ddgan")
+# Rows of the table: key -> (run folder, label).
+ROWS = {"vae": ("vae", "VAE"), "gan": ("gan", "GAN (DCGAN)"), "ddpm-ddim": ("ddpm", "DDPM, DDIM"),
+        "ddpm-fast": ("ddpm", "DDPM, DPM-Solver++(2M)"), "ldm": ("ldm", "latent DDPM, DDIM"),
+        "ddgan": ("ddgan", "DDGAN")}
+AE_SHARE = 1 / 3               # of the latent arm's minutes, for the autoencoder
+
+
+@dataclass(frozen=True)
+class TrilemmaConfig:
+    data: str = "fashion-mnist"
+    minutes: float | None = None       # wall-clock training budget per model (default 8 when --steps is not given)
+    steps: int | None = None           # or: optimiser steps per network (GAN, DDGAN: iterations of D and G)
+    preset: str = "small"
+    n: int = 1000                      # samples per model for the metrics
+    ddim_steps: int = 50
+    fast_sampler: str = "dpmpp-2m"
+    fast_steps: int = 10               # network evaluations of the fast solver
+    ddgan_T: int = 4
+    grid_n: int = 36
+    batch_size: int = 250              # sampling batch size (and the images/s batch)
+    speed_batches: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.minutes is not None and self.steps is not None:
+            raise TrilemmaError("give at most one of --minutes and --steps")
+        if self.minutes is not None and not self.minutes > 0:
+            raise TrilemmaError(f"--minutes: must be positive, got {self.minutes}")
+        for name in ("n", "ddim_steps", "fast_steps", "grid_n", "batch_size", "speed_batches"):
+            if getattr(self, name) <= 0:
+                raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        if self.preset not in ("tiny", "small", "base"):
+            raise TrilemmaError(f"--preset: must be tiny, small or base, got {self.preset!r}")
+
+    @property
+    def budget_minutes(self) -> float:
+        return 8.0 if self.minutes is None else self.minutes
+
+    def budget(self, name: str, ae_minutes: float | None = None) -> dict[str, Any]:
+        """The training budget of run ``name``: steps, or minutes (the latent arm's split, see the module)."""
+        if self.steps is not None:
+            return {"steps": self.steps}
+        if name == "ae":
+            return {"minutes": self.budget_minutes * AE_SHARE}
+        if name == "ldm":
+            left = self.budget_minutes - (ae_minutes or 0.0)
+            if left <= 0:
+                raise TrilemmaError(f"the autoencoder used {ae_minutes:.2f} of the {self.budget_minutes} minutes")
+            return {"minutes": left}
+        return {"minutes": self.budget_minutes}
+
+    def sampling(self, row: str) -> SampleOptions:
+        if row in ("ddpm-ddim", "ldm"):
+            return SampleOptions(sampler="ddim", steps=self.ddim_steps)
+        if row == "ddpm-fast":
+            return SampleOptions(sampler=self.fast_sampler, steps=self.fast_steps)
+        return SampleOptions()
+
+
+# ----------------------------------------------------------------------------------------- training
+def trained(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "state" / "trainer.json").is_file()
+
+
+def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path:
+    """Train ``DIR/<name>`` with its budget, unless a finished run is already there."""
+    path = out / name
+    if trained(path):
+        say(f"trilemma: reusing the {name} run in {path}")
+        return path
+    if (path / "config.json").exists():
+        raise TrilemmaError(f"{path} holds an unfinished run of an earlier attempt; remove it to train it again")
+    ae_minutes = None
+    if name == "ldm" and cfg.steps is None:
+        ae_minutes = read_json(out / "ae" / "state" / "trainer.json")["elapsed_s"] / 60
+    budget = cfg.budget(name, ae_minutes)
+    say(f"trilemma: training the {name} ({', '.join(f'{k} {v:.3g}' for k, v in budget.items())}) into {path}")
+    common = dict(preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **budget)
+    if name == "vae":
+        from trilemma.vae.train import train_vae
+
+        train_vae(path, data=cfg.data, batch_size=128, lr=1e-3, **common)
+    elif name == "gan":
+        from trilemma.gan.train import train_gan
+
+        train_gan(path, data=cfg.data, batch_size=64, lr=2e-4, **common)
+    elif name == "ddpm":
+        from trilemma.ddpm.train import train_ddpm
+
+        train_ddpm(path, data=cfg.data, batch_size=128, lr=1e-3, **common)
+    elif name == "ae":
+        from trilemma.autoencoder.train import train_autoencoder
+
+        size = load_dataset(cfg.data, "train").image_shape[-1]
+        factor = 4 if size >= 16 else 2                       # the latent U-Net needs latents of at least 4×4
+        train_autoencoder(path, data=cfg.data, factor=factor, eval_n=min(cfg.n, 1000), **common)   # + scale, rFID
+    elif name == "ldm":
+        from trilemma.ldm.train import train_ldm
+
+        train_ldm(path, autoencoder=out / "ae", batch_size=128, lr=1e-3, **common)
+    else:
+        from trilemma.ddgan.train import train_ddgan
+
+        train_ddgan(path, data=cfg.data, T=cfg.ddgan_T, **common)
+    return path
+
+
+def training_budget(path: Path) -> dict[str, Any]:
+    """What a run was trained with: steps, minutes, batch size, epochs, parameters of the sampling network."""
+    config = read_run_config(path)
+    state = read_json(path / "state" / "trainer.json")
+    run = load_run(path, device="cpu")
+    net = getattr(run, "G", None) if getattr(run, "G", None) is not None else getattr(run, "model", None)
+    return {"kind": config["kind"], "preset": config.get("preset"), "steps": state.get("step"),
+            "minutes": state.get("elapsed_s", 0.0) / 60, "batch_size": config["train"]["batch_size"],
+            "epochs": state.get("epoch"),
+            "parameters": None if net is None else sum(p.numel() for p in net.parameters())}
+
+
+def budget_text(budgets: list[dict[str, Any]]) -> str:
+    """``8.0 min, 1,234 steps × 64 (5.3 epochs), 1.2M params``; a latent arm as autoencoder + DDPM."""
+    parts = []
+    for b in budgets:
+        n = b["parameters"]
+        size = "" if n is None else f", {n / 1e6:.2f}M params" if n >= 1e6 else f", {n / 1e3:.0f}k params"
+        epochs = "" if b.get("epochs") is None else f" ({b['epochs']:.1f} ep.)"
+        parts.append(f"{b['kind']} {b['minutes']:.1f} min, {b['steps']:,} steps × {b['batch_size']}{epochs}{size}")
+    return " + ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- scoring
+def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: bool) -> dict[str, Any]:
+    """The metrics of a row, cached as ``DIR/evals/<row>.json`` (reused with the same n, sampling and seed)."""
+    from trilemma.metrics import evaluate_run
+
+    options = cfg.sampling(row)
+    cached = out / "evals" / f"{row}.json"
+    if cached.is_file():
+        result = read_json(cached)
+        src = result.get("source", {})
+        if result.get("n") == cfg.n and src.get("sampling") == options.to_dict() and src.get("seed") == cfg.seed:
+            say(f"trilemma: reusing {cached}")
+            return result
+    run = load_run(path, device=cfg.device)
+    say(f"trilemma: scoring {cfg.n} samples of {path} ({run.describe(options)})")
+    result = evaluate_run(run, cfg.n, options, seed=cfg.seed, batch_size=cfg.batch_size,
+                          speed_batches=cfg.speed_batches, progress=progress, log=say if progress else None)
+    write_json(cached, result)
+    return result
+
+
+def evaluate_floor(out: Path, cfg: TrilemmaConfig, progress: bool) -> dict[str, Any]:
+    """The training images scored like samples (``DIR/evals/real.json``)."""
+    from trilemma.metrics import evaluate_images
+
+    cached = out / "evals" / "real.json"
+    if cached.is_file() and read_json(cached).get("n") == cfg.n:
+        return read_json(cached)
+    images = load_dataset(cfg.data, "train").images[:cfg.n]
+    result = evaluate_images(images, cfg.data, progress=progress,
+                             source={"kind": "images", "path": f"{cfg.data} train split"})
+    write_json(cached, result)
+    return result
+
+
+# ----------------------------------------------------------------------------------------- report
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    header = ["model", "sampling", "FID ↓", "KID ↓", "precision ↑", "recall ↑", "coverage ↑", "NFE ↓", "img/s ↑",
+              "training budget"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in results.values():
+        q, c, sp = r["metrics"]["quality"], r["metrics"]["coverage"], r["metrics"]["speed"]
+        lines.append("| " + " | ".join([
+            r["label"], r["sampling"], _fmt(q["fid"], 2), _fmt(q["kid_mean"], 4), _fmt(q["precision"]),
+            _fmt(c["recall"]), _fmt(c["coverage"]), _fmt(sp.get("nfe")), _fmt(sp.get("images_per_s"), 1),
+            r["budget_text"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claims(results: dict[str, dict[str, Any]]) -> list[str]:
+    """DDGAN's claims (Xiao et al. 2022, Table 1 / Fig. 1) checked against these numbers, stated either way."""
+    m = {k: r["metrics"] for k, r in results.items()}
+    dd, gan, ddim = m["ddgan"], m["gan"], m["ddpm-ddim"]
+    fid_dd, fid_gan = dd["quality"]["fid"], gan["quality"]["fid"]
+    out = [(f"- **DDGAN ({dd['speed']['nfe']} NFE) {'beats' if fid_dd < fid_gan else 'does NOT beat'} the GAN on "
+            f"FID**: {fid_dd:.2f} vs {fid_gan:.2f}.")]
+    better = [k for k in ("recall", "coverage") if (dd["coverage"][k] or 0) > (gan["coverage"][k] or 0)]
+    verdict = "holds" if len(better) == 2 else "holds in part" if better else "does NOT hold"
+    out.append(f"- **\"DDGAN covers the modes better than the GAN\" {verdict}**: " + "; ".join(
+        f"{k} {dd['coverage'][k]:.3f} (DDGAN) vs {gan['coverage'][k]:.3f} (GAN)" for k in ("recall", "coverage")) + ".")
+    fast, slow = dd["speed"].get("images_per_s"), ddim["speed"].get("images_per_s")
+    if fast and slow:
+        ratio = fast / slow
+        out.append(f"- **DDGAN samples {ratio:.1f}× as fast as the DDPM with {ddim['speed']['nfe']}-step DDIM** "
+                   f"({fast:.1f} vs {slow:.1f} images/s; the ≥ 10× claim "
+                   f"{'holds' if ratio >= 10 else 'does NOT hold'}); its FID {fid_dd:.2f} vs the DDPM's "
+                   f"{ddim['quality']['fid']:.2f}.")
+    return out
+
+
+def plot(results: dict[str, dict[str, Any]], grids: dict[str, torch.Tensor], floor: dict[str, Any] | None,
+         path: Path) -> Path:
+    """FID (log) against images/s (log), colour = recall, size = coverage; one sample grid per model beside it."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plt = _pyplot()
+    keys = list(results)
+    cols = 3
+    rows = math.ceil(len(keys) / cols)
+    fig = plt.figure(figsize=(8 + 2.6 * cols, max(5.5, 2.9 * rows)))
+    spec = fig.add_gridspec(rows, 1 + cols, width_ratios=[3.2] + [1] * cols)
+    ax = fig.add_subplot(spec[:, 0])
+    placed = [k for k in keys if results[k]["metrics"]["speed"].get("images_per_s")
+              and results[k]["metrics"]["quality"]["fid"] is not None]
+    xs = [results[k]["metrics"]["speed"]["images_per_s"] for k in placed]
+    ys = [max(results[k]["metrics"]["quality"]["fid"], 1e-3) for k in placed]
+    recall = [results[k]["metrics"]["coverage"]["recall"] or 0.0 for k in placed]
+    sizes = [60 + 440 * (results[k]["metrics"]["coverage"]["coverage"] or 0.0) for k in placed]
+    sc = ax.scatter(xs, ys, c=recall, s=sizes, cmap="viridis", vmin=0, vmax=1, edgecolors="black",
+                    linewidths=0.8, zorder=3)
+    fig.colorbar(sc, ax=ax, label="recall (colour)", fraction=0.05, pad=0.02)
+    for k, x, y in zip(placed, xs, ys):
+        ax.annotate(f"{results[k]['label']}\n({results[k]['metrics']['speed']['nfe']} NFE)", (x, y),
+                    textcoords="offset points", xytext=(8, 5), fontsize=8)
+    if floor is not None and floor["quality"]["fid"] is not None:
+        y = max(floor["quality"]["fid"], 1e-3)
+        ax.axhline(y, ls="--", lw=1, color="grey", zorder=1)
+        ax.annotate("training images (floor)", (0.01, y), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(0, 3), fontsize=8, color="dimgrey")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if xs:
+        ax.set_xlim(min(xs) / 3, max(xs) * 6)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("images per second (log scale, faster →)")
+    ax.set_ylabel("FID (log scale, lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("The generative learning trilemma: quality vs sampling speed\n"
+                 "colour = recall, marker size = coverage", fontsize=10)
+    for i, k in enumerate(keys):
+        g = fig.add_subplot(spec[i // cols, 1 + i % cols])
+        arr = grid_array(grids[k], nrow=6)
+        g.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        fid = results[k]["metrics"]["quality"]["fid"]
+        nfe = results[k]["metrics"]["speed"].get("nfe")
+        g.set_title(f"{results[k]['label']}\n{nfe} NFE, FID {_fmt(fid, 1)}", fontsize=8)
+        g.axis("off")
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------------- the experiment
+def run_trilemma(cfg: TrilemmaConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
+    paths = {name: train_run(name, out, cfg, progress) for name in RUNS}
+    budgets = {name: training_budget(paths[name]) for name in RUNS}
+
+    results: dict[str, dict[str, Any]] = {}
+    grids: dict[str, torch.Tensor] = {}
+    for row, (name, label) in ROWS.items():
+        options = cfg.sampling(row)
+        metrics = evaluate(row, paths[name], out, cfg, progress)
+        run = load_run(paths[name], device=cfg.device)
+        grids[row] = run.generate(cfg.grid_n, seed=cfg.seed, batch_size=cfg.grid_n, options=options, progress=False)
+        save_grid(grids[row], out / f"samples_{row}.png")
+        arm = [budgets["ae"], budgets["ldm"]] if name == "ldm" else [budgets[name]]
+        results[row] = {"label": label, "run": str(paths[name]), "sampling": run.describe(options),
+                        "budget": arm, "budget_text": budget_text(arm), "metrics": metrics}
+    floor = evaluate_floor(out, cfg, progress)
+    plot(results, grids, floor, out / "trilemma.png")
+    verdicts = claims(results)
+    budget = (f"{cfg.steps} steps per network" if cfg.steps is not None else
+              f"{cfg.budget_minutes:g} minutes of wall clock per model (latent arm: autoencoder "
+              f"{cfg.budget_minutes * AE_SHARE:.2f} min + latent DDPM the rest)")
+    fq, fc = floor["quality"], floor["coverage"]
+    report = "\n".join([
+        f"# The trilemma on {cfg.data}", "",
+        (f"Budget: {budget}; `{cfg.preset}` presets; device {pick_device(cfg.device)}. Metrics on {cfg.n} samples "
+         f"per model (seed {cfg.seed}, batch {cfg.batch_size}) against the test split; images/s is the median over "
+         f"the sampling batches after the first."), "",
+        results_table(results),
+        (f"Floor (the first {cfg.n} training images scored like samples): FID {_fmt(fq['fid'], 2)}, precision "
+         f"{_fmt(fq['precision'])}, recall {_fmt(fc['recall'])}, coverage {_fmt(fc['coverage'])}."), "",
+        *verdicts, ""])
+    (out / "trilemma.md").write_text(report)
+    write_json(out / "results.json", {"config": asdict(cfg), "claims": verdicts, "floor": floor, "results": results})
+    return {"report": report, "results": results, "claims": verdicts}
+
+
+def main(args: argparse.Namespace) -> int:
+    """``trilemma experiment trilemma`` (options in :func:`trilemma.cli.experiment.add_trilemma`)."""
+    keys = ("data", "minutes", "steps", "preset", "n", "ddim_steps", "batch_size", "seed", "device")
+    cfg = TrilemmaConfig(**{k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
+    out = run_trilemma(cfg, args.out, progress=not args.quiet)
+    print(out["report"], end="")
+    say(f"trilemma: wrote {Path(args.out) / 'trilemma.md'}, trilemma.png and results.json")
+    return 0
