@@ -20,7 +20,7 @@ LAYERS = [
     ("families", FAMILIES),
     ("registry", ["registry"]),
     ("experiments", ["experiments"]),
-    ("cli", ["cli", "__main__"]),
+    ("cli", ["cli", "__main__", "ui"]),
 ]
 RANK = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

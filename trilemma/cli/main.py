@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "trilemma.cli.eval",
     "trilemma.cli.compare",
     "trilemma.cli.experiment",
+    "trilemma.cli.ui",
 )
 
 
