@@ -164,7 +164,7 @@ def test_text_to_image_gives_the_cli_generate_images(server, runs, tmp_path, cap
     _, client = server
     run = str(runs / "t2i")
     grid, summary = call(client, "/text_to_image", run, "a red circle", "", "ddim", 4.0, 3, 1, 4)
-    code, _, err = cli(capsys, "generate", run, "a red circle", "--n", 4, "--seed", 1, "--steps", 3,
+    code, _, err = cli(capsys, "generate", run, "a red circle", "--n", 4, "--seed", 1, "--steps", 3, "--sampler", "ddim",
                        "--out", tmp_path / "gen.png", "--quiet", "--device", "cpu")
     assert code == 0, err
     ours = pixels(grid)
@@ -182,6 +182,7 @@ def test_edit_gives_the_cli_edit_images(server, runs, tmp_path, capsys):
     given, edited, summary = call(client, "/edit", run, handle_file(str(source)), "a blue square", "", 0.5,
                                   "ddim", 4.0, 4, 0, 2)
     code, _, err = cli(capsys, "edit", run, source, "a blue square", "--strength", 0.5, "--steps", 4, "--n", 2,
+                       "--sampler", "ddim",
                        "--out", tmp_path / "edit.png", "--quiet", "--device", "cpu")
     assert code == 0, err
     np.testing.assert_array_equal(pixels(edited), pixels(tmp_path / "edit.png"))

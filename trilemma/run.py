@@ -29,7 +29,7 @@ from trilemma.utils.validate import check_memory
 class SampleOptions:
     """How to draw samples. Diffusion runs use the sampler fields; other kinds ignore them."""
 
-    sampler: str = "ddim"                 # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler
+    sampler: str = "unipc"                # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler (docs/sampling.md)
     steps: int | None = None              # DDIM: default 50; DDPM: default T (respaced when fewer)
     eta: float = 0.0                      # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
     spacing: str = "trailing"             # leading, trailing, linspace (+ karras, logsnr for the solvers)

@@ -21,7 +21,7 @@ from trilemma.diffusion.samplers import SAMPLERS, SOLVER_SPACINGS
 
 def add_sampler_args(p) -> None:
     """Sampler options shared by `sample`, `eval`, `show trajectory` …"""
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+    p.add_argument("--sampler", choices=SAMPLERS, default="unipc",
                    help="diffusion runs: ddpm (Algorithm 2), ddim, or a fast ODE solver (docs/methods.md §10): "
                         "dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler")
     p.add_argument("--steps", type=positive_int, default=None,

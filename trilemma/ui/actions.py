@@ -75,7 +75,7 @@ def unit(value: Any, what: str) -> float:
     return x
 
 
-def cli_args(*, sampler: str = "ddim", steps: Any = None, eta: Any = None, guidance: Any = 1.0,
+def cli_args(*, sampler: str = "unipc", steps: Any = None, eta: Any = None, guidance: Any = 1.0,
              label: Any = None, negative: str | None = None) -> SimpleNamespace:
     """The argparse namespace `trilemma sample/generate` would build from these flags (checked the same way)."""
     from trilemma.diffusion.samplers import SAMPLERS
