@@ -28,14 +28,13 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
 from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.config import FACTORS, AutoencoderConfig, AutoencoderObjective, PatchDiscConfig
 from trilemma.autoencoder.config import preset as ae_preset
 from trilemma.autoencoder.losses import DISC_LOSSES, autoencoder_terms, latent_moments
 from trilemma.autoencoder.networks import Autoencoder, PatchDiscriminator
 from trilemma.autoencoder.run import AutoencoderRun, evaluate_reconstructions
-from trilemma.config import from_dict, to_dict
+from trilemma.config import from_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, int_in, opt, optional, overrides, positive_int
@@ -46,8 +45,8 @@ from trilemma.train.family import (
     TrainSpec,
     data_config,
     read_stored,
+    run_config,
     train,
-    train_config,
 )
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.device import autocast, pick_device
@@ -74,9 +73,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     objective = build(AutoencoderObjective, values)
     disc = PatchDiscConfig(channels=data.channels) if objective.uses_disc else None
     dataset = load_dataset(data, "train")                        # validate the data before creating the folder
-    config = {"kind": "autoencoder", "trilemma_version": __version__, "preset": values["preset"],
-              "data": data.to_dict(), "model": to_dict(model), "autoencoder": to_dict(objective),
-              "disc": None if disc is None else to_dict(disc), "train": to_dict(train_config(values))}
+    config = run_config("autoencoder", values, data, model, autoencoder=objective, disc=disc)
     return config, dataset
 
 

@@ -26,8 +26,6 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
-from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig
 from trilemma.ddgan.config import preset as ddgan_preset
@@ -42,10 +40,9 @@ from trilemma.train.family import (
     Built,
     TrainSpec,
     data_config,
-    device_of,
-    stored_train_config,
+    read_stored,
+    run_config,
     train,
-    train_config,
 )
 from trilemma.train.loop import FitResult, Trainer
 from trilemma.utils.device import autocast
@@ -60,8 +57,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     ddgan = build(DDGANConfig, values)
     model = ddgan_preset(values["preset"], data.image_size, data.channels, **overrides(values, NET_OVERRIDES))
     dataset = load_dataset(data, "train")                       # validate the data before creating the folder
-    config = {"kind": "ddgan", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(model), "ddgan": to_dict(ddgan), "train": to_dict(train_config(values))}
+    config = run_config("ddgan", values, data, model, ddgan=ddgan)
     return config, dataset
 
 
@@ -110,13 +106,8 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
     """The DDGAN game in the shared loop: one *step* = one D update and one G update."""
-    where = f"{out}/config.json"
-    data = DataConfig.from_dict(config["data"])
-    net = from_dict(DDGANNetConfig, config["model"], where)
-    ddgan = from_dict(DDGANConfig, config["ddgan"], where)
-    train_ = stored_train_config(out, config)
-    device = device_of(train_)
-    dataset = dataset or load_dataset(data, "train")
+    s = read_stored(out, config, dataset, model=DDGANNetConfig, ddgan=DDGANConfig)
+    train_, device, dataset, net, ddgan = s.train, s.device, s.dataset, s["model"], s["ddgan"]
     if len(dataset) < train_.batch_size:
         raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
     schedule = ddgan_schedule(ddgan)

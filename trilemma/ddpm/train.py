@@ -16,8 +16,6 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
-from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.diffusion.denoiser import Denoiser
@@ -34,6 +32,7 @@ from trilemma.train.family import (
     TrainSpec,
     data_config,
     read_stored,
+    run_config,
     train,
     train_config,
 )
@@ -54,15 +53,14 @@ def class_dropout(y: torch.Tensor, p: float, generator: torch.Generator) -> torc
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     data = data_config(values)
     diffusion = build(DiffusionConfig, values)
-    train_ = train_config(values)
+    train_config(values)                                               # validate the options before the data
     dataset = load_dataset(data, "train")                              # validate the data before the run folder
     if diffusion.class_cond and not dataset.has_labels:
         raise TrilemmaError(f"--class-cond: {dataset.name} has no labels")
     model = unet_preset(values["preset"], data.image_size, data.channels, **overrides(values, UNET_OVERRIDES))
     if diffusion.class_cond:
         model = replace(model, num_classes=dataset.num_classes)
-    config = {"kind": "ddpm", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(model), "diffusion": to_dict(diffusion), "train": to_dict(train_)}
+    config = run_config("ddpm", values, data, model, diffusion=diffusion)
     return config, dataset
 
 

@@ -20,8 +20,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from trilemma import __version__
-from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.gan.config import DCGANConfig, GANConfig
@@ -36,8 +34,8 @@ from trilemma.train.family import (
     TrainSpec,
     data_config,
     read_stored,
+    run_config,
     train,
-    train_config,
 )
 from trilemma.train.loop import FitResult, Trainer
 from trilemma.utils.device import autocast
@@ -51,8 +49,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     gan = build(GANConfig, values)
     model = gan_preset(values["preset"], data.image_size, data.channels, **overrides(values, ("z_dim",)))
     dataset = load_dataset(data, "train")                       # validate the data before creating the folder
-    config = {"kind": "gan", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(model), "gan": to_dict(gan), "train": to_dict(train_config(values))}
+    config = run_config("gan", values, data, model, gan=gan)
     return config, dataset
 
 

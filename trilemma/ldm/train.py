@@ -20,10 +20,8 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
 from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, file_digest, load_autoencoder
-from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.ddpm.train import UNET_OVERRIDES, class_dropout, preview_samples
@@ -35,7 +33,7 @@ from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.options import build, opt, overrides
 from trilemma.run import read_run_config
 from trilemma.train.common import TrainConfig, adamw
-from trilemma.train.family import Built, TrainSpec, read_stored, train, train_config
+from trilemma.train.family import Built, TrainSpec, read_stored, run_config, train
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.io import atomic_write, write_json
 from trilemma.viz import save_grid
@@ -92,9 +90,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
         if not dataset.has_labels:
             raise TrilemmaError(f"--class-cond: {dataset.name} has no labels")
         model = dataclasses.replace(model, num_classes=dataset.num_classes)
-    config = {"kind": "ldm", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(model), "diffusion": to_dict(diffusion), "train": to_dict(train_config(values)),
-              "autoencoder": autoencoder_info(ae)}
+    config = run_config("ldm", values, data, model, diffusion=diffusion, autoencoder=autoencoder_info(ae))
     return config, dataset
 
 

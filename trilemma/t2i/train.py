@@ -22,10 +22,8 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
 from trilemma.autoencoder.cache import cached_latents
 from trilemma.autoencoder.run import load_autoencoder
-from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.data.text import require_captions
 from trilemma.ddpm.config import DiffusionConfig
@@ -47,8 +45,8 @@ from trilemma.train.family import (
     TrainSpec,
     data_config,
     read_stored,
+    run_config,
     train,
-    train_config,
 )
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.viz import save_grid
@@ -102,9 +100,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     diffusion = build(DiffusionConfig, values, clip=ae is None)
     c, h, _ = shape
     model = t2i_unet_preset(values["preset"], h, c, encoder.width, **overrides(values, T2I_OVERRIDES))
-    config = {"kind": "t2i", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(model), "diffusion": to_dict(diffusion), "text": to_dict(text),
-              "train": to_dict(train_config(values)), "autoencoder": ae_info}
+    config = run_config("t2i", values, data, model, diffusion=diffusion, text=text, autoencoder=ae_info)
     return config, dataset
 
 

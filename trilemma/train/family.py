@@ -11,6 +11,7 @@ every family: run folder, resume, the shared loop, the finish step. The CLI's ``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-from trilemma.config import from_dict
+from trilemma import __version__
+from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.options import build, option_names
@@ -89,6 +91,16 @@ def data_config(values: dict[str, Any]) -> DataConfig:
 
 def train_config(values: dict[str, Any]) -> TrainConfig:
     return build(TrainConfig, values)
+
+
+def run_config(kind: str, values: dict[str, Any], data: DataConfig, model: Any, **sections: Any) -> dict[str, Any]:
+    """The config.json of a new run: kind, version, preset, data, model, the family's sections, train.
+
+    Dataclass sections are written with :func:`~trilemma.config.to_dict`; dicts and ``None`` as they are.
+    """
+    as_json = {key: to_dict(value) if dataclasses.is_dataclass(value) else value for key, value in sections.items()}
+    return {"kind": kind, "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
+            "model": to_dict(model), **as_json, "train": to_dict(train_config(values))}
 
 
 def stored_train_config(out: Path, config: dict[str, Any]) -> TrainConfig:

@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 
-from trilemma import __version__
-from trilemma.config import to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
@@ -29,8 +27,8 @@ from trilemma.train.family import (
     TrainSpec,
     data_config,
     read_stored,
+    run_config,
     train,
-    train_config,
 )
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
 from trilemma.utils.device import pick_device
@@ -52,8 +50,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     vae = build(VAEConfig, values)
     net = vae_preset(values["preset"], data.image_size, data.channels, **overrides(values, NET_OVERRIDES))
     dataset = load_dataset(data, "train")                      # validate the data before creating the folder
-    config = {"kind": "vae", "trilemma_version": __version__, "preset": values["preset"], "data": data.to_dict(),
-              "model": to_dict(net), "vae": to_dict(vae), "train": to_dict(train_config(values))}
+    config = run_config("vae", values, data, net, vae=vae)
     return config, dataset
 
 
