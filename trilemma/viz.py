@@ -111,3 +111,27 @@ def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike,
     ax.legend()
     ax.set_title(title or Path(metrics_path).parent.name)
     return save_figure(fig, out_path)
+
+
+def save_trajectory(traj: dict, decode, title: str, out: str | Path, columns: int = 10) -> Path:
+    """x_t (top) and x̂₀ (bottom) at ``columns`` evenly spaced steps of a sampler's trajectory.
+
+    ``traj`` is what the samplers return with ``return_trajectory=True`` (``t``, ``x_t`` with x_T first,
+    ``x0_hat``); ``decode`` maps the diffused variable to images in [-1, 1] (latents → pixels).
+    """
+    steps = len(traj["t"])
+    pick = np.unique(np.round(np.linspace(0, steps - 1, min(columns, steps))).astype(int))
+    x_t = torch.stack([decode(traj["x_t"][i + 1]).cpu() for i in pick], 1)           # (n, k, C, H, W)
+    x0 = torch.stack([decode(traj["x0_hat"][i]).cpu() for i in pick], 1)
+    n = x_t.shape[0]
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(1.1 * len(pick) + 1, 2.4 * n + 0.8))
+    for ax, frames, label in zip(axes, [x_t, x0], ["x_{t-1}", "x̂₀"]):
+        arr = grid_array(as_uint8_nhwc(frames.flatten(0, 1).clamp(-1, 1)), nrow=len(pick))
+        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
+        h = arr.shape[1] / len(pick)
+        ax.set_xticks([(i + 0.5) * h for i in range(len(pick))], [f"t={traj['t'][i]}" for i in pick], fontsize=8)
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=12)
+    fig.suptitle(title)
+    return save_figure(fig, out)

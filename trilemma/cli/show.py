@@ -127,14 +127,11 @@ def _register_trajectory(sub) -> None:
 
 
 def _trajectory(args) -> int:
-    import numpy as np
-    import torch
-
     from trilemma.cli.sample import sample_options
     from trilemma.errors import TrilemmaError
     from trilemma.registry import load_run
     from trilemma.run import read_run_config
-    from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
+    from trilemma.viz import save_trajectory
 
     read_run_config(args.run)
     _check_out(args)
@@ -143,21 +140,8 @@ def _trajectory(args) -> int:
         raise TrilemmaError(f"{args.run}: a {run.kind} run has no reverse process to show")
     options = sample_options(args)
     _, traj = run.sample_batch(args.n, run.generator(args.seed), options, return_trajectory=True)
-    steps = len(traj["t"])
-    pick = np.unique(np.round(np.linspace(0, steps - 1, min(args.columns, steps))).astype(int))
-    x_t = torch.stack([run.decode(traj["x_t"][i + 1].to(run.device)).cpu() for i in pick], 1)  # (n, k, C, H, W)
-    x0 = torch.stack([run.decode(traj["x0_hat"][i].to(run.device)).cpu() for i in pick], 1)
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(1.1 * len(pick) + 1, 2.4 * args.n + 0.8))
-    for ax, frames, label in zip(axes, [x_t, x0], ["x_{t-1}", "x̂₀"]):
-        arr = grid_array(as_uint8_nhwc(frames.flatten(0, 1).clamp(-1, 1)), nrow=len(pick))
-        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
-        h = arr.shape[1] / len(pick)
-        ax.set_xticks([(i + 0.5) * h for i in range(len(pick))], [f"t={traj['t'][i]}" for i in pick], fontsize=8)
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=12)
-    fig.suptitle(f"reverse process of {Path(args.run).name}: {run.describe(options)}")
-    out = save_figure(fig, args.out)
+    out = save_trajectory(traj, lambda x: run.decode(x.to(run.device)),
+                          f"reverse process of {Path(args.run).name}: {run.describe(options)}", args.out, args.columns)
     say(f"trilemma: wrote {out}")
     return 0
 

@@ -120,27 +120,14 @@ def sample(run: GeneratorRun, options: SampleOptions, *, seed: Any, n: Any, prog
 def trajectory_figure(run: GeneratorRun, options: SampleOptions, *, seed: Any, n: Any, out: Path,
                       columns: int = 10) -> Path:
     """x_t and x̂₀ along the reverse process, as `trilemma show trajectory` draws them (docs/methods.md §4–6)."""
-    from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
+    from trilemma.viz import save_trajectory
 
     n, seed = count(n, "n", 16), seed_of(seed)
     if not hasattr(run, "schedule"):
         raise TrilemmaError(f"{run.path.name}: a {run.kind} run has no reverse process to show")
     _, traj = run.sample_batch(n, run.generator(seed), options, return_trajectory=True)
-    steps = len(traj["t"])
-    pick = np.unique(np.round(np.linspace(0, steps - 1, min(columns, steps))).astype(int))
-    x_t = torch.stack([run.decode(traj["x_t"][i + 1].to(run.device)).cpu() for i in pick], 1)  # (n, k, C, H, W)
-    x0 = torch.stack([run.decode(traj["x0_hat"][i].to(run.device)).cpu() for i in pick], 1)
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(1.1 * len(pick) + 1, 2.4 * n + 0.8))
-    for ax, frames, label in zip(axes, [x_t, x0], ["x_{t-1}", "x̂₀"]):
-        arr = grid_array(as_uint8_nhwc(frames.flatten(0, 1).clamp(-1, 1)), nrow=len(pick))
-        ax.imshow(arr.squeeze(-1) if arr.shape[-1] == 1 else arr, cmap="gray", vmin=0, vmax=255)
-        h = arr.shape[1] / len(pick)
-        ax.set_xticks([(i + 0.5) * h for i in range(len(pick))], [f"t={traj['t'][i]}" for i in pick], fontsize=8)
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=12)
-    fig.suptitle(f"reverse process of {run.path.name}: {run.describe(options)}")
-    return save_figure(fig, out)
+    return save_trajectory(traj, lambda x: run.decode(x.to(run.device)),
+                           f"reverse process of {run.path.name}: {run.describe(options)}", out, columns)
 
 
 # ------------------------------------------------------------------------------------ text
