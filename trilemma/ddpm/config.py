@@ -18,6 +18,10 @@ class DiffusionConfig:
                                           choices=("eps", "v"))
     clip: bool = opt(True, "clamp x̂₀ to [-1, 1] while sampling (pixel space)", cli=False)
     class_cond: bool = opt(False, "condition on class labels (for sample --label)")
+    loss_weight: Literal["uniform", "min-snr"] = opt(
+        "uniform", "weight of each t in the loss: uniform (Algorithm 1) or min-snr (min-SNR-γ, Hang et al. 2023: "
+        "the implied x₀-loss weight is min(SNR_t, γ))", choices=("uniform", "min-snr"))
+    snr_gamma: float = opt(5.0, "γ of --loss-weight min-snr", check=in_range(1e-3, 1e6))
     cond_drop: float = opt(0.1, "share of training labels/captions replaced by ∅ (for classifier-free guidance)",
                            check=in_range(0.0, 1.0, hi_open=True))
 

@@ -77,10 +77,11 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         x_0 = x_0.to(device, non_blocking=True)
         if not diffusion.class_cond:
             return x_0, {}
-        return x_0, {"y": class_dropout(y, diffusion.cond_drop, generator).to(device)}
+        return x_0, {"y": class_dropout(y, diffusion.cond_drop, generator).to(device, non_blocking=True)}
 
     def loss_fn(net, x_0, cond, generator):
-        return diffusion_loss(net, x_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond)
+        return diffusion_loss(net, x_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
+                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
 
     (out / "samples").mkdir(exist_ok=True)
 

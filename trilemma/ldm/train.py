@@ -124,10 +124,12 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         z_0 = (z * scale).to(device, non_blocking=True)                    # unit variance on the training set
         if not diffusion.class_cond:
             return z_0, {}
-        return z_0, {"y": class_dropout(dataset.labels[indices], diffusion.cond_drop, generator).to(device)}
+        return z_0, {"y": class_dropout(dataset.labels[indices], diffusion.cond_drop,
+                                           generator).to(device, non_blocking=True)}
 
     def loss_fn(net, z_0, cond, generator):
-        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond)
+        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
+                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
 
     (out / "samples").mkdir(exist_ok=True)
 
