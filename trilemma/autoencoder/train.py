@@ -116,7 +116,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
                           step=single_optimizer_step(model, opt, loss_fn, train_, device), preview=preview,
                           describe=describe)
     else:
-        opt_d = torch.optim.AdamW(disc.parameters(), lr=train_.lr, betas=(0.5, 0.9))    # VQGAN's D optimiser
+        opt_d = adamw(disc.parameters(), train_, betas=(0.5, 0.9), weight_decay=0.01)  # VQGAN's D optimiser
         trainer = Trainer(nets={"model": model, "disc": disc}, optimizers={"opt": opt, "opt_d": opt_d},
                           batch=batch, step=disc_step(model, disc, opt, opt_d, objective, train_, device),
                           preview=preview, describe=describe,

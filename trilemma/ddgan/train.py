@@ -35,7 +35,7 @@ from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
 from trilemma.errors import TrilemmaError
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
-from trilemma.train.common import TrainConfig, grad_norm_and_clip
+from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
 from trilemma.train.family import (
     Built,
     TrainSpec,
@@ -114,9 +114,9 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only
     G, D = DDGANGenerator(net, ddgan.z_dim), DDGANDiscriminator(net)
     betas = (ddgan.beta1, ddgan.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=train_.lr, betas=betas)
-    opt_d = torch.optim.Adam([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}],
-                             lr=ddgan.lr_d, betas=betas)                 # the loop sets lr = lr_scale · lr_at(…)
+    opt_g = adamw(G.parameters(), train_, betas=betas)                  # Adam (weight decay 0 by default); fused on CUDA
+    opt_d = adamw([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}], train_,
+                  lr=ddgan.lr_d, betas=betas)                           # the loop sets lr = lr_scale · lr_at(…)
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
         x, _ = dataset.batch(indices, generator)                         # (B, C, H, W) in [-1, 1]

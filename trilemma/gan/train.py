@@ -28,7 +28,7 @@ from trilemma.gan.losses import GENERATOR_COSTS, discriminator_accuracy, discrim
 from trilemma.gan.networks import Discriminator, Generator
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
-from trilemma.train.common import TrainConfig, grad_norm_and_clip
+from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
 from trilemma.train.family import (
     Built,
     TrainSpec,
@@ -61,8 +61,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
     torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only
     G, D = Generator(model_config), Discriminator(model_config)
-    opt_g = torch.optim.Adam(G.parameters(), lr=train_.lr, betas=(gan.beta1, gan.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=train_.lr, betas=(gan.beta1, gan.beta2))
+    opt_g = adamw(G.parameters(), train_, betas=(gan.beta1, gan.beta2))      # Adam (weight decay 0 by default);
+    opt_d = adamw(D.parameters(), train_, betas=(gan.beta1, gan.beta2))      # fused on CUDA
     cost = GENERATOR_COSTS[gan.g_loss]
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
