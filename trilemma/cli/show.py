@@ -192,8 +192,51 @@ def _interpolation(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ attention
+def _register_attention(sub) -> None:
+    from trilemma.cli.sample import add_sampler_args
+
+    p = subparser(sub, "attention", "cross-attention maps of a text-to-image run: where each prompt token "
+                  "is looked at, along the reverse process")
+    p.add_argument("run", help="t2i run folder")
+    p.add_argument("prompt", help='the prompt, e.g. "a red circle to the left of a blue square"')
+    p.add_argument("--out", default="attention.png", help="PNG to write")
+    p.add_argument("--rows", type=int_in(1, 20), default=5, help="network calls shown, from noise to image (1 … 20)")
+    p.add_argument("--layer", default="all", metavar="all|RES",
+                   help="average all cross-attention layers, or only those at this U-Net level size (e.g. 8)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--negative", default=None, help="negative prompt: replaces the empty prompt ∅ in guidance")
+    add_sampler_args(p)
+    p.set_defaults(guidance=4.0, func=_attention)
+
+
+def _attention(args) -> int:
+    from trilemma.cli.generate import load_t2i_run, sampling
+    from trilemma.errors import TrilemmaError
+    from trilemma.t2i.attention import prompt_attention, save_attention_figure
+
+    if not args.prompt.strip():
+        raise TrilemmaError("PROMPT: empty; give a prompt whose tokens to show")
+    layer = None
+    if args.layer != "all":
+        if not args.layer.isdigit() or int(args.layer) < 1:
+            raise TrilemmaError(f"--layer: expected all or a level size like 8, got {args.layer!r}")
+        layer = int(args.layer)
+    options = sampling(args, args.prompt)
+    load_t2i_run(args.run, None, check_only=True)
+    _check_out(args)
+    run = load_t2i_run(args.run, args.device)
+    att = prompt_attention(run, args.prompt, options, seed=args.seed, rows=args.rows, resolution=layer)
+    title = (f"cross-attention of {Path(args.run).name} for {args.prompt!r}: {run.describe(options)}, "
+             f"mean over heads and {'all layers' if layer is None else f'the {layer}×{layer} layers'}")
+    out = save_attention_figure(att, args.out, title)
+    say(f"trilemma: wrote {out} ({len(att.t)} steps × {len(att.labels)} tokens: {' '.join(att.labels)})")
+    return 0
+
+
 # Each `trilemma show <what>` registers here.
-SHOW_COMMANDS = [_register_schedules, _register_forward, _register_trajectory, _register_interpolation]
+SHOW_COMMANDS = [_register_schedules, _register_forward, _register_trajectory, _register_interpolation,
+                 _register_attention]
 
 
 def register(sub) -> None:

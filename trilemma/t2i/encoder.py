@@ -139,21 +139,32 @@ class TextEncoder:
         """Load tokenizer and weights from the local folder only (no network)."""
         if self._model is not None:
             return
-        try:
-            import transformers
-            from transformers import AutoModel, AutoTokenizer
-        except ImportError:
-            raise TrilemmaError("text-to-image needs the transformers package: pip install transformers") from None
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        transformers = _transformers()
         check_safetensors_only(self.folder)                     # never a pickle (pytorch_model.bin …)
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(self.folder), local_files_only=True, use_safetensors=True)
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+            model = transformers.AutoModel.from_pretrained(str(self.folder), local_files_only=True,
+                                                           use_safetensors=True)
         except (OSError, ValueError) as e:
             raise TrilemmaError(f"cannot load the text encoder from {self.folder}: {str(e).splitlines()[0]}") from None
         model = getattr(model, "text_model", model)          # a full CLIP checkpoint: its text tower
         self._model = model.to(self.device).eval().requires_grad_(False)
+
+    def tokens(self, prompt: str) -> list[str]:
+        """The word pieces of ``prompt`` as the tokenizer splits it, special tokens included: one per row of
+        its token states (for BERT: ``[CLS] a red circle [SEP]``). Loads the tokenizer only."""
+        if self._tokenizer is None:
+            try:
+                self._tokenizer = _transformers().AutoTokenizer.from_pretrained(str(self.folder),
+                                                                                 local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise TrilemmaError(f"cannot load the tokenizer from {self.folder}: {str(e).splitlines()[0]}") from None
+        ids = self._tokenizer(prompt, truncation=True, max_length=self.max_length)["input_ids"]
+        return self._tokenizer.convert_ids_to_tokens(ids)
+
+    def special_tokens(self) -> set[str]:
+        """The tokenizer's special tokens ([CLS], [SEP], [PAD], …; loaded by :meth:`tokens`)."""
+        return set(self._tokenizer.all_special_tokens) if self._tokenizer is not None else set()
 
     @torch.no_grad()
     def _run(self, prompts: Sequence[str]) -> list[torch.Tensor]:
@@ -202,6 +213,17 @@ class TextEncoder:
         """τ(y) for each prompt, padded to ``length`` (default: the longest): (B, L, D) float32 and (B, L) bool."""
         hidden = self.embed(prompts, progress=progress)
         return pad_tokens(hidden, length)
+
+
+def _transformers():
+    """The transformers package, quiet (no progress bars or warnings), or a one-line error."""
+    try:
+        import transformers
+    except ImportError:
+        raise TrilemmaError("text-to-image needs the transformers package: pip install transformers") from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
 
 
 def pad_tokens(hidden: Sequence[torch.Tensor], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,10 +34,11 @@ from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import DataError, TrilemmaError
 from trilemma.ldm.config import latent_unet_preset
 from trilemma.ldm.train import LatentSource, autoencoder_info, copy_autoencoder, ldm_data_config
-from trilemma.nets.unet import UNet, UNetConfig, count_parameters
+from trilemma.nets.unet import UNetConfig, count_parameters
 from trilemma.options import build, overrides
 from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder, pad_tokens
+from trilemma.t2i.networks import describe_recipe, t2i_network
 from trilemma.t2i.run import AUTOENCODER_DIR, PixelSpace, load_space, pixel_shape, text_conditioning
 from trilemma.train.common import TrainConfig, adamw
 from trilemma.train.family import (
@@ -68,6 +69,11 @@ def t2i_unet_preset(name: str, size: int, channels: int, context_dim: int, **ove
     config = latent_unet_preset(name, size, channels)
     attn = tuple(r for r in config.resolutions if r <= CROSS_ATTN_MAX) or (config.resolutions[-1],)
     config = dataclasses.replace(config, attn_resolutions=attn, context_dim=context_dim)
+    widths = [config.base_channels * m for m in config.channel_mults]
+    heads = overrides.get("num_heads", config.num_heads)
+    if any(w % heads for w in widths):
+        raise TrilemmaError(f"--heads: {heads} heads must divide every level's width "
+                            f"({', '.join(map(str, widths))})")
     config = dataclasses.replace(config, **overrides) if overrides else config
     bad = [r for r in config.attn_resolutions if r not in config.resolutions]
     if bad:
@@ -99,7 +105,8 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     encoder = get_encoder(text.encoder, "cpu", text.max_length)  # checks the encoder exists
     diffusion = build(DiffusionConfig, values, clip=ae is None)
     c, h, _ = shape
-    model = t2i_unet_preset(values["preset"], h, c, encoder.width, **overrides(values, T2I_OVERRIDES))
+    heads = {"num_heads": text.heads} if text.heads is not None else {}
+    model = t2i_unet_preset(values["preset"], h, c, encoder.width, **heads, **overrides(values, T2I_OVERRIDES))
     config = run_config("t2i", values, data, model, diffusion=diffusion, text=text, autoencoder=ae_info)
     return config, dataset
 
@@ -153,14 +160,14 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         latents, scale = cached_latents(space, dataset, progress=progress).latents, space.scale_factor
     schedule = make_schedule(diffusion.schedule)
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
-    model = UNet(unet_config)
+    model = t2i_network(unet_config, text)                # the U-Net (+ the text recipe's layers)
     opt_ = adamw(model.parameters(), train_)                   # fused on CUDA
     c, h, w = unet_config.in_channels, unet_config.image_size, unet_config.image_size
     where_text = space.describe() if isinstance(space, PixelSpace) else "autoencoder latents"
     describe = (f"training text-to-image diffusion ({count_parameters(model) / 1e6:.2f}M parameters, "
                 f"cross-attention at {'/'.join(map(str, unet_config.attn_resolutions))} px) on {dataset.name} "
                 f"({len(dataset)} images, {len(table) - 1} distinct captions, {where_text} {c}×{h}×{w}; "
-                f"text encoder {encoder.name})")
+                f"text encoder {encoder.name}{describe_recipe(text)})")
 
     def batch_fn(indices: torch.Tensor, generator: torch.Generator):
         if latents is None:
@@ -172,7 +179,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         return z_0, table.lookup(rows)
 
     def loss_fn(net, z_0, cond, generator):
-        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond)
+        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
+                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
 
     preview_dir = out / "samples"
     preview_dir.mkdir(exist_ok=True)
