@@ -1,13 +1,15 @@
-"""``trilemma demo``: the quick-start job — train a DDPM on Fashion-MNIST on the CPU, sample it, show it.
+"""``trilemma demo``: the quick-start job — train a diffusion model on Fashion-MNIST on the CPU, sample it.
 
-It trains for a wall-clock budget (default 6 minutes of training; bf16 autocast
-when the CPU or GPU has native bf16), then draws one grid with DDPM ancestral
-sampling over all T = 1000 steps and two with 50-step DDIM (η = 0, the
-deterministic sampler, and η = 1), and leaves everything in one run folder:
+It trains for a wall-clock budget (default 6 minutes; bf16 autocast when the CPU or GPU has
+native bf16) with the recipe of :mod:`trilemma.experiments.demo` — by default a small autoencoder
+(a third of the budget) and then a DDPM on its 4×7×7 latents — then draws one grid with DDPM
+ancestral sampling over all T = 1000 steps and two with 50-step DDIM (η = 0, the deterministic
+sampler, and η = 1), and leaves everything in one run folder:
 
-    RUN/config.json, model.safetensors, ema.safetensors          the model
+    RUN/config.json, model.safetensors, ema.safetensors          the model (+ RUN/autoencoder/)
     RUN/loss.png, metrics.jsonl                                  the loss curve
     RUN/samples/ddpm_1000.png, ddim_50.png, ddim_50_eta1.png     the grids
+    RUN/ae/                                                      phase 1's run (reconstructions)
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from trilemma.cli.common import (
     seed_int,
     subparser,
 )
+from trilemma.errors import RunError
 
 
 def register(sub) -> None:
-    p = subparser(sub, "demo", "train a DDPM on Fashion-MNIST (~7 min on 2 CPU cores), sample it with DDPM "
-                  "and 50-step DDIM, and write grids, a loss curve and the model into a run folder")
+    p = subparser(sub, "demo", "train a latent DDPM on Fashion-MNIST (~7 min on 2 CPU cores), sample it with "
+                  "DDPM and 50-step DDIM, and write grids, a loss curve and the model into a run folder")
     p.add_argument("--out", default="runs/demo", help="run folder")
     p.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
+    p.add_argument("--space", choices=("latent", "pixel"), default="latent",
+                   help="latent (default): a small autoencoder for a third of the budget, then a DDPM on its "
+                        "latents; pixel: a DDPM on the pixels")
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=minutes_float, default=None,
@@ -40,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--prediction", choices=("eps", "v"), default="v",
                    help="what the U-Net predicts: v (default here: keeps x̂₀ sane at high noise, which "
                         "deterministic DDIM needs after a few minutes of training) or ε (Algorithm 1 as written)")
+    p.add_argument("--loss-weight", choices=("uniform", "min-snr"), default="uniform",
+                   help="weight of each t in the diffusion loss (min-snr: min-SNR-γ, γ = 5)")
     p.add_argument("--ddpm-n", type=int_in(1, 4096), default=16, help="images in the DDPM (T-step) grid")
     p.add_argument("--ddim-n", type=int_in(1, 4096), default=64, help="images in each 50-step DDIM grid")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -53,7 +61,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from trilemma.ddpm.train import train_ddpm
+    from trilemma.experiments.demo import (
+        AE_DIR,
+        DEFAULT_MINUTES,
+        DemoRecipe,
+        describe_budget,
+        train_demo,
+    )
     from trilemma.registry import load_run
     from trilemma.run import SampleOptions
     from trilemma.train.rundir import check_run_dir
@@ -62,17 +76,18 @@ def run(args) -> int:
     from trilemma.viz import save_grid
 
     out = output_dir(args.out, "--out")
-    check_run_dir(out, resume=args.resume, steps=args.steps, minutes=args.minutes)
+    if not args.resume:
+        check_run_dir(out, resume=False)
+        check_run_dir(out / AE_DIR, resume=False)
+    elif not (out / "config.json").is_file() and not (out / AE_DIR / "config.json").is_file():
+        raise RunError(f"--resume: {out} holds no demo run to continue")
     t0 = time.perf_counter()
-    minutes = None if args.steps else (args.minutes or 6.0)
+    minutes = None if args.steps else (args.minutes or DEFAULT_MINUTES)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))
-    if args.resume:                                   # the run keeps its options; only the budget may grow
-        result = train_ddpm(out, resume=True, steps=args.steps, minutes=minutes)
-    else:
-        result = train_ddpm(out, data=args.data, preset=args.preset, steps=args.steps, minutes=minutes,
-                            batch_size=args.batch_size, lr=1e-3, prediction=args.prediction, seed=args.seed,
-                            bf16=bf16, device=args.device, sample_every=500, warmup_steps=100,
-                            lr_decay=args.lr_decay)
+    recipe = DemoRecipe(space=args.space, data=args.data, preset=args.preset, batch_size=args.batch_size,
+                        prediction=args.prediction, loss_weight=args.loss_weight, lr_decay=args.lr_decay,
+                        seed=args.seed, bf16=bf16, device=args.device)
+    result = train_demo(out, recipe, minutes=minutes, steps=args.steps, resume=args.resume)
     if result.interrupted:
         say(f"trilemma: interrupted; continue with: trilemma demo --out {out} --resume")
         return 130
@@ -91,7 +106,9 @@ def run(args) -> int:
         say(f"trilemma: {run_.describe(options)}{eta}: {n} images in "
             f"{time.perf_counter() - s0:.0f} s -> {path}")
     total = time.perf_counter() - t0
-    say(f"trilemma: demo done in {total / 60:.1f} min (training {train_s / 60:.1f} min, {result.step} steps, "
+    phases = ", ".join(f"{name} {p['steps']} steps in {p['minutes']:.1f} min"
+                       for name, p in describe_budget(out).items())
+    say(f"trilemma: demo done in {total / 60:.1f} min (training {train_s / 60:.1f} min: {phases}; "
         f"{'bf16' if bf16 else 'fp32'}, final loss {result.last_loss:.4f})")
     say(f"trilemma: run folder {out}: model.safetensors, ema.safetensors, config.json, loss.png, "
         + ", ".join(str(p.relative_to(out)) for p in written))
