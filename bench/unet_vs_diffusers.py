@@ -10,11 +10,15 @@ background load hits both alike:
 * sampling images/s: one forward under ``torch.no_grad()``. One network evaluation is one
   sampler step, so this is images·steps/s; a 50-step DDIM sample costs 50 of them;
 
-each in fp32 and under ``torch.autocast(dtype=torch.bfloat16)``. Every number is the median of
+each in fp32 and under ``torch.autocast(dtype=torch.bfloat16)``. Ours runs as shipped (it
+switches its activations to channels-last itself on the CPU). Diffusers runs twice: as a user
+would by default (NCHW), and with the user-visible switch ``.to(memory_format=torch.channels_last)``
+on the model and the input (``diffusers_cl``). Every number is the median of
 ``--repeats`` timed runs after ``--warmup`` untimed ones, by the wall clock and by this
 process's CPU time (the steadier one at ``--threads 1`` on a shared machine). Achieved GFLOP/s
-(FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward, and over one
-forward + backward for training) are set against a large square matmul timed in the same run,
+(FLOPs of the architecture, counted by ``torch.utils.flop_counter.FlopCounterMode`` on diffusers'
+network over one forward, and over one forward + backward for training; ours computes its
+upsampling convolutions with fewer) are set against a large square matmul timed in the same run,
 fp32 and bf16.
 
     python bench/unet_vs_diffusers.py                       # all cores, small and base
@@ -91,6 +95,17 @@ class DiffusersTwin(nn.Module):
         return self.net(x, t, return_dict=False)[0]
 
 
+class ChannelsLast(nn.Module):
+    """A model run the way its user switches on channels-last: model converted once, input at each call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last), t)
+
+
 def build_pair(name: str, image_size: int, in_channels: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     config = preset(name, image_size, in_channels)
     torch.manual_seed(0)
@@ -101,6 +116,12 @@ def build_pair(name: str, image_size: int, in_channels: int, device: torch.devic
     if abs(n_ours / n_theirs - 1) > 0.10:
         raise SystemExit(f"{name}: not the same size: ours {n_ours:,} parameters, diffusers {n_theirs:,}")
     return ours, theirs
+
+
+def channels_last_twin(name: str, image_size: int, in_channels: int, device: torch.device) -> nn.Module:
+    """diffusers' twin (same initial weights as build_pair's) with channels-last switched on."""
+    torch.manual_seed(0)
+    return ChannelsLast(DiffusersTwin(preset(name, image_size, in_channels)).to(device))
 
 
 # --------------------------------------------------------------------------- timing
@@ -194,6 +215,8 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     batch = args.base_batch if name == "base" else args.batch
     ours, theirs = build_pair(name, args.image_size, args.in_channels, device)
     models = {"ours": ours, "diffusers": theirs}
+    if args.diffusers_channels_last:
+        models["diffusers_cl"] = channels_last_twin(name, args.image_size, args.in_channels, device)
     n_params = {k: count_parameters(m) for k, m in models.items()}
     log(f"[{name}] parameters: ours {n_params['ours']:,}  diffusers {n_params['diffusers']:,}  "
         f"(ratio {n_params['ours'] / n_params['diffusers']:.3f}); GroupNorm groups by width: ours "
@@ -219,7 +242,7 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     log(f"[{name}] GFLOP per image, forward: ours {flops['ours']['sample'] / batch / 1e9:.3f}  "
         f"diffusers {flops['diffusers']['sample'] / batch / 1e9:.3f}; "
         f"forward+backward: ours {flops['ours']['train'] / batch / 1e9:.3f}  "
-        f"diffusers {flops['diffusers']['train'] / batch / 1e9:.3f}")
+        f"diffusers {flops['diffusers']['train'] / batch / 1e9:.3f} (GFLOP/s below: diffusers' count for all)")
 
     rows = []
     for precision in args.precisions:
@@ -238,14 +261,21 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
                 row[k] = {}
                 for clock in CLOCKS:
                     median = statistics.median(times[k][clock])
+                    # The architecture's FLOPs (diffusers' count) for every model, so that the
+                    # GFLOP/s compare like the speeds do.
                     row[k][clock] = {"median_s": median, "images_per_s": batch / median,
-                                     "gflops_per_s": flops[k][mode] / median / 1e9}
+                                     "gflops_per_s": flops["diffusers"][mode] / median / 1e9}
             row["ratio"] = {clock: row["ours"][clock]["images_per_s"] / row["diffusers"][clock]["images_per_s"]
                             for clock in CLOCKS}
+            if "diffusers_cl" in models:
+                row["ratio_cl"] = {clock: row["ours"][clock]["images_per_s"] /
+                                   row["diffusers_cl"][clock]["images_per_s"] for clock in CLOCKS}
             rows.append(row)
             wall = {k: row[k]["wall"]["images_per_s"] for k in models}
+            cl = (f"  diffusers channels-last {wall['diffusers_cl']:7.1f} img/s, ours/that "
+                  f"{row['ratio_cl']['wall']:.2f} (CPU time {row['ratio_cl']['cpu']:.2f})") if "ratio_cl" in row else ""
             log(f"[{name} {precision} {mode:6s}] ours {wall['ours']:7.1f} img/s  diffusers {wall['diffusers']:7.1f} "
-                f"img/s  ours/diffusers {row['ratio']['wall']:.2f} (by CPU time {row['ratio']['cpu']:.2f})  "
+                f"img/s  ours/diffusers {row['ratio']['wall']:.2f} (by CPU time {row['ratio']['cpu']:.2f}){cl}  "
                 f"({time.perf_counter() - start:.0f} s)")
     return {"size": name, "config": asdict(ours.config), "batch": batch, "parameters": n_params,
             "norm_groups": theirs.norm_groups, "flops": flops, "rows": rows}
@@ -254,8 +284,10 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
 def print_table(sizes: list[dict], matmul: dict[str, dict[str, float]], clock: str) -> None:
     print(f"\nBy {'wall-clock' if clock == 'wall' else 'CPU'} time (median of each timed run's seconds); "
           "matmul reference " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in matmul[clock].items()))
+    cl = any("diffusers_cl" in r for s in sizes for r in s["rows"])
     head = (f"{'size':5s} {'prec':4s} {'mode':6s} {'batch':>5s} | {'ours img/s':>10s} {'diff img/s':>10s} "
-            f"{'ours/diff':>9s} | {'ours GFLOP/s (%mm)':>18s} {'diff GFLOP/s (%mm)':>18s}")
+            f"{'ours/diff':>9s}" + (f" {'diffCL img/s':>12s} {'ours/diffCL':>11s}" if cl else "") +
+            f" | {'ours GFLOP/s (%mm)':>18s} {'diff GFLOP/s (%mm)':>18s}")
     print(head)
     print("-" * len(head))
     for s in sizes:
@@ -263,8 +295,10 @@ def print_table(sizes: list[dict], matmul: dict[str, dict[str, float]], clock: s
             ref = matmul[clock][r["precision"]]
             ours, theirs = r["ours"][clock], r["diffusers"][clock]
             cells = [f"{m['gflops_per_s']:6.0f} ({m['gflops_per_s'] / ref:4.0%})" for m in (ours, theirs)]
+            extra = (f" {r['diffusers_cl'][clock]['images_per_s']:12.1f} {r['ratio_cl'][clock]:11.2f}"
+                     if "diffusers_cl" in r else "")
             print(f"{r['size']:5s} {r['precision']:4s} {r['mode']:6s} {r['batch']:5d} | "
-                  f"{ours['images_per_s']:10.1f} {theirs['images_per_s']:10.1f} {r['ratio'][clock]:9.2f} | "
+                  f"{ours['images_per_s']:10.1f} {theirs['images_per_s']:10.1f} {r['ratio'][clock]:9.2f}{extra} | "
                   f"{cells[0]:>18s} {cells[1]:>18s}")
 
 
@@ -274,8 +308,9 @@ def print_summary(sizes: list[dict], matmul: dict[str, dict[str, float]], clocks
                                        f"diffusers {s['parameters']['diffusers']:,}" for s in sizes))
     for clock in clocks:
         print_table(sizes, matmul, clock)
-    print("\n%mm: share of the same-precision matmul's GFLOP/s. Training = forward + loss + backward + AdamW; "
-          "GFLOP counted over forward + backward.\nSampling img/s = network evaluations per second, one per image "
+    print("\n%mm: share of the same-precision matmul's GFLOP/s (the architecture's FLOPs, as counted on diffusers' "
+          "network). diffCL: diffusers with .to(memory_format=torch.channels_last) on model and input.\n"
+          "Training = forward + loss + backward + AdamW; GFLOP counted over forward + backward.\nSampling img/s = network evaluations per second, one per image "
           f"per sampler step; a {ddim_steps}-step DDIM sample (wall clock):")
     for s in sizes:
         for r in s["rows"]:
@@ -314,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--ddim-steps", type=int, default=50, help="sampler length for the images/s translation")
+    p.add_argument("--no-diffusers-channels-last", dest="diffusers_channels_last", action="store_false",
+                   help="leave out the extra diffusers run with channels-last switched on")
     p.add_argument("--json", default=None, help="write all results (with every timed run) to this file")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
