@@ -24,6 +24,14 @@ fp32 and bf16.
     python bench/unet_vs_diffusers.py                       # all cores, small and base
     python bench/unet_vs_diffusers.py --threads 1 --json out.json
     python bench/unet_vs_diffusers.py --device cuda --base-batch 64
+    python bench/unet_vs_diffusers.py --threads 1 --sizes small --compile   # + torch.compile rows
+
+``--compile`` adds both networks under ``torch.compile`` (``ours_compiled``: ``UNet.compile()`` in
+place, as trilemma's training loop does under ``--compile``; ``diffusers_compiled``: plainly
+``torch.compile(model)``), next to the eager ones, and times the training step only unless
+``--modes`` says otherwise. Only the network is compiled (loss, backward driver and AdamW run
+eagerly, as in the loop). Compilation (forward and backward graphs, per precision) happens in the
+untimed warm-up, which is at least 3 runs for the compiled models.
 
 Not a test: it asserts nothing except that the two networks' parameter counts agree within 10%.
 """
@@ -31,6 +39,7 @@ Not a test: it asserts nothing except that the two networks' parameter counts ag
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -211,6 +220,18 @@ def flop_counter() -> FlopCounterMode:
 
 # --------------------------------------------------------------------------- the benchmark
 
+COMPILED = {"ours_compiled": "ours", "diffusers_compiled": "diffusers"}   # compiled model -> its eager twin
+
+
+def compiled_pair(ours: nn.Module, theirs: nn.Module) -> dict[str, nn.Module]:
+    """Copies (same initial weights) of both networks under torch.compile: ours the way
+    trilemma's training loop compiles under ``--compile`` (``nn.Module.compile()``, in place),
+    diffusers' the plain user way, ``torch.compile(model)``."""
+    mine = copy.deepcopy(ours)
+    mine.compile()
+    return {"ours_compiled": mine, "diffusers_compiled": torch.compile(copy.deepcopy(theirs))}
+
+
 def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     batch = args.base_batch if name == "base" else args.batch
     ours, theirs = build_pair(name, args.image_size, args.in_channels, device)
@@ -218,6 +239,8 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     if args.diffusers_channels_last:
         models["diffusers_cl"] = channels_last_twin(name, args.image_size, args.in_channels, device)
     n_params = {k: count_parameters(m) for k, m in models.items()}
+    if args.compile:
+        models.update(compiled_pair(ours, theirs))
     log(f"[{name}] parameters: ours {n_params['ours']:,}  diffusers {n_params['diffusers']:,}  "
         f"(ratio {n_params['ours'] / n_params['diffusers']:.3f}); GroupNorm groups by width: ours "
         f"{theirs.norm_groups['ours']}, diffusers {theirs.norm_groups['diffusers']}; batch {batch}")
@@ -231,6 +254,8 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     # FLOPs of one forward (sampling) and of one forward + backward (training), counted in fp32.
     flops = {}
     for k, m in models.items():
+        if k in COMPILED:
+            continue                                                       # same network as its eager twin
         m.eval()
         with flop_counter() as forward:
             sampling_step(m, x, t, device, None)()
@@ -239,6 +264,9 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             F.mse_loss(m(x, t), eps).backward()
         m.zero_grad(set_to_none=True)
         flops[k] = {"sample": forward.get_total_flops(), "train": forward_backward.get_total_flops()}
+    for k, eager in COMPILED.items():
+        if k in models:
+            flops[k] = flops[eager]
     log(f"[{name}] GFLOP per image, forward: ours {flops['ours']['sample'] / batch / 1e9:.3f}  "
         f"diffusers {flops['diffusers']['sample'] / batch / 1e9:.3f}; "
         f"forward+backward: ours {flops['ours']['train'] / batch / 1e9:.3f}  "
@@ -247,7 +275,7 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     rows = []
     for precision in args.precisions:
         dtype = PRECISIONS[precision]
-        for mode in ("train", "sample"):
+        for mode in args.modes:
             for m in models.values():
                 m.train(mode == "train")
             if mode == "train":
@@ -255,6 +283,12 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             else:
                 steps = {k: sampling_step(m, x, t, device, dtype) for k, m in models.items()}
             start = time.perf_counter()
+            if args.compile:                          # compile (forward + backward, this precision) untimed
+                for _ in range(max(args.warmup, 3)):
+                    for k in COMPILED:
+                        steps[k]()
+                sync()
+                log(f"[{name} {precision} {mode}] compiled models warmed up ({time.perf_counter() - start:.0f} s)")
             times = race(steps, args.warmup, args.repeats, sync)
             row = {"size": name, "precision": precision, "mode": mode, "batch": batch, "times_s": times}
             for k in models:
@@ -270,6 +304,13 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             if "diffusers_cl" in models:
                 row["ratio_cl"] = {clock: row["ours"][clock]["images_per_s"] /
                                    row["diffusers_cl"][clock]["images_per_s"] for clock in CLOCKS}
+            if args.compile:
+                ips = {k: {clock: row[k][clock]["images_per_s"] for clock in CLOCKS} for k in models}
+                for key, (a, b) in {"ratio_compiled": ("ours_compiled", "diffusers_compiled"),
+                                    "ratio_compiled_vs_eager": ("ours_compiled", "diffusers"),
+                                    "speedup_ours_compiled": ("ours_compiled", "ours"),
+                                    "speedup_diffusers_compiled": ("diffusers_compiled", "diffusers")}.items():
+                    row[key] = {clock: ips[a][clock] / ips[b][clock] for clock in CLOCKS}
             rows.append(row)
             wall = {k: row[k]["wall"]["images_per_s"] for k in models}
             cl = (f"  diffusers channels-last {wall['diffusers_cl']:7.1f} img/s, ours/that "
@@ -277,6 +318,11 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             log(f"[{name} {precision} {mode:6s}] ours {wall['ours']:7.1f} img/s  diffusers {wall['diffusers']:7.1f} "
                 f"img/s  ours/diffusers {row['ratio']['wall']:.2f} (by CPU time {row['ratio']['cpu']:.2f}){cl}  "
                 f"({time.perf_counter() - start:.0f} s)")
+            if args.compile:
+                log(f"[{name} {precision} {mode:6s}] compiled: ours {wall['ours_compiled']:7.1f} img/s  diffusers "
+                    f"{wall['diffusers_compiled']:7.1f} img/s  ours-c/diffusers-c {row['ratio_compiled']['wall']:.2f} "
+                    f"(CPU time {row['ratio_compiled']['cpu']:.2f})  ours-c/diffusers-eager "
+                    f"{row['ratio_compiled_vs_eager']['wall']:.2f} (CPU time {row['ratio_compiled_vs_eager']['cpu']:.2f})")
     return {"size": name, "config": asdict(ours.config), "batch": batch, "parameters": n_params,
             "norm_groups": theirs.norm_groups, "flops": flops, "rows": rows}
 
@@ -302,12 +348,33 @@ def print_table(sizes: list[dict], matmul: dict[str, dict[str, float]], clock: s
                   f"{cells[0]:>18s} {cells[1]:>18s}")
 
 
+def print_compiled_table(sizes: list[dict], clock: str) -> None:
+    rows = [r for s in sizes for r in s["rows"] if "ratio_compiled" in r]
+    if not rows:
+        return
+    print(f"\ntorch.compile, by {'wall-clock' if clock == 'wall' else 'CPU'} time (img/s; -c: compiled)")
+    head = (f"{'size':5s} {'prec':4s} {'mode':6s} {'batch':>5s} | {'ours':>7s} {'diff':>7s} {'ours-c':>7s} "
+            f"{'diff-c':>7s} | {'ours-c/diff-c':>13s} {'ours-c/diff':>11s} {'ours/diff':>9s} | "
+            f"{'ours-c/ours':>11s} {'diff-c/diff':>11s}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ips = [r[k][clock]["images_per_s"] for k in ("ours", "diffusers", "ours_compiled", "diffusers_compiled")]
+        print(f"{r['size']:5s} {r['precision']:4s} {r['mode']:6s} {r['batch']:5d} | "
+              + " ".join(f"{v:7.1f}" for v in ips) +
+              f" | {r['ratio_compiled'][clock]:13.2f} {r['ratio_compiled_vs_eager'][clock]:11.2f} "
+              f"{r['ratio'][clock]:9.2f} | {r['speedup_ours_compiled'][clock]:11.2f} "
+              f"{r['speedup_diffusers_compiled'][clock]:11.2f}")
+
+
 def print_summary(sizes: list[dict], matmul: dict[str, dict[str, float]], clocks: tuple[str, ...],
                   ddim_steps: int) -> None:
     print("\nParameters: " + "; ".join(f"{s['size']}: ours {s['parameters']['ours']:,}, "
                                        f"diffusers {s['parameters']['diffusers']:,}" for s in sizes))
     for clock in clocks:
         print_table(sizes, matmul, clock)
+    for clock in clocks:
+        print_compiled_table(sizes, clock)
     print("\n%mm: share of the same-precision matmul's GFLOP/s (the architecture's FLOPs, as counted on diffusers' "
           "network). diffCL: diffusers with .to(memory_format=torch.channels_last) on model and input.\n"
           "Training = forward + loss + backward + AdamW; GFLOP counted over forward + backward.\nSampling img/s = network evaluations per second, one per image "
@@ -351,10 +418,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ddim-steps", type=int, default=50, help="sampler length for the images/s translation")
     p.add_argument("--no-diffusers-channels-last", dest="diffusers_channels_last", action="store_false",
                    help="leave out the extra diffusers run with channels-last switched on")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both networks under torch.compile (ours as trilemma's loop compiles it)")
+    p.add_argument("--modes", nargs="+", default=None, choices=["train", "sample"],
+                   help="steps to time (default: train and sample; train only with --compile)")
     p.add_argument("--json", default=None, help="write all results (with every timed run) to this file")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.modes is None:
+        args.modes = ["train"] if args.compile else ["train", "sample"]
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
