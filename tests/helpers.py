@@ -1,5 +1,9 @@
 """Helpers shared by the tests."""
 
+import contextlib
+
+import pytest
+
 from trilemma.cli.main import main
 
 # A feature network that trains in seconds (the real recipe takes minutes): for tests of the metrics' plumbing.
@@ -23,3 +27,21 @@ def one_line_error(err: str, *words):
     assert "error" in lines[0] and "Traceback" not in err
     for w in words:
         assert w in lines[0], (w, lines[0])
+
+
+@contextlib.contextmanager
+def small_shapes(train_size: int, test_size: int, previews: int, cache=None):
+    """A shapes dataset of ``train_size``/``test_size`` images and t2i preview grids of ``previews`` prompts ×
+    seeds × steps, the text encoder offline and (given) a private cache: the world of a tiny t2i run."""
+    from trilemma.data import shapes
+    from trilemma.t2i import train as t2i
+
+    with pytest.MonkeyPatch.context() as mp:
+        if cache is not None:
+            mp.setenv("TRILEMMA_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(shapes, "TRAIN_SIZE", train_size)
+        mp.setattr(shapes, "TEST_SIZE", test_size)
+        for name in ("PREVIEW_PROMPTS", "PREVIEW_SEEDS", "PREVIEW_STEPS"):
+            mp.setattr(t2i, name, previews)
+        yield

@@ -152,18 +152,12 @@ def test_a_wrongly_scaled_start_leaves_the_line():
 # ------------------------------------------------------------------ a t2i run: edit_images and the CLI
 @pytest.fixture(scope="module")
 def t2i_run(tmp_path_factory):
-    from trilemma.data import shapes
+    from helpers import small_shapes
+
     from trilemma.diffusion.schedule import ScheduleConfig
     from trilemma.t2i import train as t2i
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRILEMMA_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 48)
-        mp.setattr(shapes, "TEST_SIZE", 16)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 1)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 1)
-        mp.setattr(t2i, "PREVIEW_STEPS", 1)
+    with small_shapes(48, 16, 1, cache=tmp_path_factory.mktemp("cache")):
         out = tmp_path_factory.mktemp("runs") / "t2i"
         t2i.train_t2i(out, data="shapes", steps=2, preset="tiny", batch_size=4, schedule=ScheduleConfig(T=50),
                       progress=False)

@@ -6,17 +6,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, small_shapes
 
+from trilemma.data import shapes
 from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.errors import TrilemmaError
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions
-from trilemma.data import shapes
+from trilemma.t2i import train as t2i
 from trilemma.t2i.edit import edit_images, edit_timesteps
 from trilemma.t2i.run import TextDiffusionRun
-from trilemma.t2i import train as t2i
 from trilemma.utils.io import load_tensors
 
 TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progress=False)
@@ -25,14 +25,7 @@ TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progres
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A private cache, a 96-image shapes training set and tiny preview grids for the whole module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRILEMMA_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 96)
-        mp.setattr(shapes, "TEST_SIZE", 32)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 2)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 2)
-        mp.setattr(t2i, "PREVIEW_STEPS", 2)
+    with small_shapes(96, 32, 2, cache=tmp_path_factory.mktemp("cache")):
         yield tmp_path_factory.mktemp("runs")
 
 

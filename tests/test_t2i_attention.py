@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, small_shapes
 
-from trilemma.data import shapes
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.nets.layers import CrossAttention
 from trilemma.nets.unet import UNet, UNetConfig
@@ -118,14 +117,7 @@ def test_pick_calls_spans_noise_to_image():
 # ----------------------------------------------------------------------------- on a t2i run
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRILEMMA_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 64)
-        mp.setattr(shapes, "TEST_SIZE", 16)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 1)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 1)
-        mp.setattr(t2i, "PREVIEW_STEPS", 1)
+    with small_shapes(64, 16, 1, cache=tmp_path_factory.mktemp("cache")):
         yield tmp_path_factory.mktemp("runs")
 
 

@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, small_shapes
 
 from trilemma.config import from_dict
-from trilemma.data import shapes
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.errors import TrilemmaError
 from trilemma.nets.unet import UNet, UNetConfig
@@ -17,7 +16,13 @@ from trilemma.registry import load_run
 from trilemma.run import SampleOptions
 from trilemma.t2i import train as t2i
 from trilemma.t2i.config import T2IConfig
-from trilemma.t2i.networks import TextAdapter, TextUNet, pooled_tokens, t2i_network, text_features
+from trilemma.t2i.networks import (
+    TextAdapter,
+    TextUNet,
+    pooled_tokens,
+    t2i_network,
+    text_features,
+)
 from trilemma.utils.io import load_tensors
 
 TINY = dict(preset="tiny", batch_size=8, schedule=ScheduleConfig(T=100), progress=False)
@@ -113,14 +118,7 @@ def test_old_text_sections_load_with_the_original_recipe():
 # ----------------------------------------------------------------------------- each option, end to end
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRILEMMA_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 64)
-        mp.setattr(shapes, "TEST_SIZE", 16)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 1)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 1)
-        mp.setattr(t2i, "PREVIEW_STEPS", 1)
+    with small_shapes(64, 16, 1, cache=tmp_path_factory.mktemp("cache")):
         yield tmp_path_factory.mktemp("runs")
 
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, small_shapes
 from PIL import Image
 
 from trilemma.errors import RunError
@@ -20,7 +20,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from trilemma.data import shapes
 from trilemma.ddpm.train import train_ddpm
 from trilemma.diffusion.schedule import ScheduleConfig
 from trilemma.t2i import train as t2i
@@ -48,13 +47,7 @@ def runs(cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     train_ddpm(root / "ddpm", data="digits", preset="tiny", steps=2, batch_size=8, device="cpu", progress=False,
                class_cond=True, schedule=ScheduleConfig(T=100))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 96)
-        mp.setattr(shapes, "TEST_SIZE", 32)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 2)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 2)
-        mp.setattr(t2i, "PREVIEW_STEPS", 2)
+    with small_shapes(96, 32, 2):
         t2i.train_t2i(root / "t2i", data="shapes", steps=4, preset="tiny", batch_size=8,
                       schedule=ScheduleConfig(T=100), progress=False, device="cpu")
     (root / "broken").mkdir()                                     # a run that fails to load: no weights

@@ -19,21 +19,15 @@ pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (a
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from trilemma.data import shapes
+    from helpers import small_shapes
+
     from trilemma.diffusion.schedule import ScheduleConfig
     from trilemma.t2i import train as t2i
     from trilemma.ui.app import launch
     from trilemma.ui.paths import ServedPaths
 
     runs = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRILEMMA_CACHE", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(shapes, "TRAIN_SIZE", 96)
-        mp.setattr(shapes, "TEST_SIZE", 32)
-        mp.setattr(t2i, "PREVIEW_PROMPTS", 2)
-        mp.setattr(t2i, "PREVIEW_SEEDS", 2)
-        mp.setattr(t2i, "PREVIEW_STEPS", 2)
+    with small_shapes(96, 32, 2, cache=tmp_path_factory.mktemp("cache")):
         t2i.train_t2i(runs / "t2i", data="shapes", steps=4, preset="tiny", batch_size=8,
                       schedule=ScheduleConfig(T=100), progress=False, device="cpu")
         with socket.socket() as s:
