@@ -19,6 +19,7 @@ import time
 from trilemma.cli.common import (
     MAX_MINUTES,
     batch_size_int,
+    float_in,
     int_in,
     minutes_float,
     positive_int,
@@ -43,11 +44,14 @@ def register(sub) -> None:
                         help=f"training minutes (default 6; at most {MAX_MINUTES})")
     budget.add_argument("--steps", type=positive_int, default=None, help="or: training steps")
     p.add_argument("--batch-size", type=batch_size_int, default=128)
+    p.add_argument("--lr", type=float_in(1e-12, 10.0), default=None,
+                   help="peak learning rate (default: 2e-3 for the latent recipe, 1e-3 for pixel)")
     p.add_argument("--prediction", choices=("eps", "v"), default="v",
                    help="what the U-Net predicts: v (default here: keeps x̂₀ sane at high noise, which "
                         "deterministic DDIM needs after a few minutes of training) or ε (Algorithm 1 as written)")
-    p.add_argument("--loss-weight", choices=("uniform", "min-snr"), default="uniform",
-                   help="weight of each t in the diffusion loss (min-snr: min-SNR-γ, γ = 5)")
+    p.add_argument("--loss-weight", choices=("uniform", "min-snr"), default="min-snr",
+                   help="weight of each t in the diffusion loss: min-snr (default: min-SNR-γ, γ = 5, Hang et al. "
+                        "2023) or uniform (Algorithm 1 as written)")
     p.add_argument("--ddpm-n", type=int_in(1, 4096), default=16, help="images in the DDPM (T-step) grid")
     p.add_argument("--ddim-n", type=int_in(1, 4096), default=64, help="images in each 50-step DDIM grid")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -84,7 +88,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     minutes = None if args.steps else (args.minutes or DEFAULT_MINUTES)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))
-    recipe = DemoRecipe(space=args.space, data=args.data, preset=args.preset, batch_size=args.batch_size,
+    recipe = DemoRecipe(space=args.space, data=args.data, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
                         prediction=args.prediction, loss_weight=args.loss_weight, lr_decay=args.lr_decay,
                         seed=args.seed, bf16=bf16, device=args.device)
     result = train_demo(out, recipe, minutes=minutes, steps=args.steps, resume=args.resume)

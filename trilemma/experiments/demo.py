@@ -41,9 +41,9 @@ class DemoRecipe:
     data: str = "fashion-mnist"
     preset: str = "small"
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float | None = None                 # None: 2e-3 for latent, 1e-3 for pixel (docs/demo.md: the ablations)
     prediction: Literal["eps", "v"] = "v"
-    loss_weight: Literal["uniform", "min-snr"] = "uniform"
+    loss_weight: Literal["uniform", "min-snr"] = "min-snr"
     lr_decay: str = "constant"
     seed: int = 0
     bf16: bool = False
@@ -96,7 +96,7 @@ def train_demo(out: Path, recipe: DemoRecipe, *, minutes: float | None, steps: i
     budget = {"steps": steps} if steps else {"minutes": max(minutes - phase1_minutes(ae), 0.05)}
     if resume and (out / "state" / "trainer.json").is_file():
         return train_ldm(out, resume=True, progress=progress, **budget)
-    return train_ldm(out, autoencoder=ae, preset=recipe.preset, batch_size=recipe.batch_size, lr=recipe.lr,
+    return train_ldm(out, autoencoder=ae, preset=recipe.preset, batch_size=recipe.batch_size, lr=recipe.lr or 2e-3,
                      prediction=recipe.prediction, loss_weight=recipe.loss_weight, seed=recipe.seed, bf16=recipe.bf16,
                      device=recipe.device, warmup_steps=100, lr_decay=recipe.lr_decay, progress=progress, **budget)
 
@@ -108,7 +108,7 @@ def _train_pixel(out: Path, recipe: DemoRecipe, minutes: float | None, steps: in
     if resume:                                   # the run keeps its options; only the budget may grow
         return train_ddpm(out, resume=True, steps=steps, minutes=minutes, progress=progress)
     return train_ddpm(out, data=recipe.data, preset=recipe.preset, steps=steps, minutes=minutes,
-                      batch_size=recipe.batch_size, lr=recipe.lr, prediction=recipe.prediction,
+                      batch_size=recipe.batch_size, lr=recipe.lr or 1e-3, prediction=recipe.prediction,
                       loss_weight=recipe.loss_weight, seed=recipe.seed, bf16=recipe.bf16, device=recipe.device,
                       sample_every=500, warmup_steps=100, lr_decay=recipe.lr_decay, progress=progress)
 
