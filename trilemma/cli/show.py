@@ -227,7 +227,7 @@ def _attention(args) -> int:
     _check_out(args)
     run = load_t2i_run(args.run, args.device)
     att = prompt_attention(run, args.prompt, options, seed=args.seed, rows=args.rows, resolution=layer)
-    title = (f"cross-attention of {Path(args.run).name} for {args.prompt!r}: {run.describe(options)}, "
+    title = (f"cross-attention of {Path(args.run).name}: {run.describe(options)}, "     # describe names the prompt
              f"mean over heads and {'all layers' if layer is None else f'the {layer}×{layer} layers'}")
     out = save_attention_figure(att, args.out, title)
     say(f"trilemma: wrote {out} ({len(att.t)} steps × {len(att.labels)} tokens: {' '.join(att.labels)})")
