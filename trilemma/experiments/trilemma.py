@@ -138,9 +138,9 @@ def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path
     elif name == "ae":
         from trilemma.autoencoder.train import train_autoencoder
 
-        size = load_dataset(cfg.data, "train").image_shape[-1]
-        factor = 4 if size >= 16 else 2                       # the latent U-Net needs latents of at least 4×4
-        train_autoencoder(path, data=cfg.data, factor=factor, eval_n=min(cfg.n, 1000), **common)   # + scale, rFID
+        from trilemma.experiments.demo import autoencoder_factor
+
+        train_autoencoder(path, data=cfg.data, factor=autoencoder_factor(cfg.data), eval_n=min(cfg.n, 1000), **common)   # + scale, rFID
     elif name == "ldm":
         from trilemma.ldm.train import train_ldm
 
