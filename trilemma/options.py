@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, Field
@@ -259,3 +260,26 @@ def build(cls: type, values: dict[str, Any], **fixed: Any):
 def overrides(values: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
     """The preset overrides among ``names`` that were given (not ``None``)."""
     return {n: values[n] for n in names if values.get(n) is not None}
+
+
+def flat_options(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every whole config given in Python (a dataclass, e.g. ``schedule=ScheduleConfig(T=100)``)
+    replaced by its flat options and paths made strings: the same options, storable as JSON."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            flat.update(flat_options(_fields_of(value)))
+        else:
+            flat[key] = os.fspath(value) if isinstance(value, os.PathLike) else value
+    return flat
+
+
+def _fields_of(config) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_fields_of(value))
+        elif "help" in f.metadata:
+            out[key_of(f)] = value
+    return out

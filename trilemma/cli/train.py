@@ -53,18 +53,23 @@ def add_family_options(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _given(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The options the user typed (so --resume can refuse the ones it cannot change)."""
-    given = set()
-    for token in argv:
-        name = token.split("=", 1)[0]
-        action = p._option_string_actions.get(name)
-        if action is not None:
-            given.add(action.dest)
-    return given
+def _given(p: argparse.ArgumentParser, argv: list[str], family: str) -> set[str]:
+    """The options the user typed (abbreviated, ``--flag=value`` and ``--no-flag`` forms included).
+
+    ``argv`` is the whole command line; the family's part is parsed again into a namespace whose every
+    attribute starts as a marker, so argparse leaves the marker exactly where nothing was given.
+    """
+    marker = object()
+    rest = argv[argv.index("train") + 1:] if "train" in argv else argv
+    rest = rest[rest.index(family) + 1:] if family in rest else rest
+    namespace = argparse.Namespace(**{a.dest: marker for a in p._actions if a.dest != argparse.SUPPRESS})
+    parsed, _ = p.parse_known_args(rest, namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not marker}
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
     from trilemma.registry import train_spec
     from trilemma.train.family import train
     from trilemma.train.rundir import check_run_dir
@@ -76,23 +81,27 @@ def _run(args) -> int:
 
         int_in(1, MAX_IMAGE_SIZE).check(args.image_size, "--image-size")
     output_dir(args.out, "--out")                      # before any work: a writable folder, not a file
-    given = _given(args.parser, args.argv) if args.resume else set()
-    check_run_dir(args.out, resume=args.resume, steps=args.steps if "steps" in given else None,
-                  minutes=args.minutes if "minutes" in given else None, kind=args.family)
-    if args.resume:        # every section of config.json and the weights read back, before config.json is rewritten
-        from trilemma.registry import load_run
+    given = _given(args.parser, args.argv, args.family)
+    target = (Path(args.out), args.family)
+    if args.resume and spec.resume_folder is not None:  # e.g. a recipe interrupted in its first phase
+        target = spec.resume_folder(Path(args.out))
+    if target is not None:
+        check_run_dir(target[0], resume=args.resume, steps=args.steps if "steps" in given else None,
+                      minutes=args.minutes if "minutes" in given else None, kind=target[1])
+    if args.resume and target is not None:  # every section of config.json and the weights read back, before
+        from trilemma.registry import load_run            # config.json is rewritten
 
-        load_run(args.out, device="cpu")
-    values = {k: v for k, v in vars(args).items()
-              if k not in ("func", "family", "command", "out", "resume", "quiet", "parser", "argv")}
-    if args.resume:
-        given = _given(args.parser, args.argv)
-        values = {k: v for k, v in values.items() if k in given}
-    elif values.get("steps") is None and values.get("minutes") is None:
+        load_run(target[0], device="cpu")
+    # Only the options typed are passed on (the family fills in its defaults), so that a recipe's defaults
+    # can tell a typed value from an unset one.
+    values = {k: v for k, v in vars(args).items() if k in given
+              and k not in ("func", "family", "command", "out", "resume", "quiet", "parser", "argv")}
+    if not args.resume and values.get("steps") is None and values.get("minutes") is None:
         from trilemma.errors import TrilemmaError
 
         raise TrilemmaError("give a training budget: --steps N or --minutes M")
-    return report(train(spec, args.out, resume=args.resume, progress=not args.quiet, **values))
+    run = spec.runner or (lambda out, **kw: train(spec, out, **kw))
+    return report(run(args.out, resume=args.resume, progress=not args.quiet, **values))
 
 
 def register(sub) -> None:

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trilemma.errors import RunError
+from trilemma.autoencoder.phase import AE_DIR, autoencoder_factor, phase1_finished, phase2_budget, run_phase1
 from trilemma.train.loop import FitResult
 from trilemma.utils.io import read_json
 
+__all__ = ["AE_DIR", "AE_SHARE", "DemoRecipe", "autoencoder_factor", "describe_budget", "phase1_finished",
+           "train_demo"]
+
 AE_SHARE = 1 / 3           # of the latent recipe's minutes, for the autoencoder (docs/demo.md: the ablation)
-AE_DIR = "ae"              # phase 1's run folder inside the demo's
 DEFAULT_MINUTES = 6.0
 
 
@@ -50,50 +52,21 @@ class DemoRecipe:
     device: str = "auto"
 
 
-def phase1_finished(ae: Path) -> bool:
-    """The autoencoder phase ran to its end (weights, checkpoint and the latent statistics of ``finish``)."""
-    if not (ae / "config.json").is_file() or not (ae / "state" / "trainer.json").is_file():
-        return False
-    try:
-        return "latent" in read_json(ae / "config.json") and (ae / "recon.json").is_file()
-    except RunError:
-        return False
-
-
-def phase1_minutes(ae: Path) -> float:
-    """Wall-clock minutes phase 1 cost: its training plus encoding the training set (from its records)."""
-    elapsed = float(read_json(ae / "state" / "trainer.json").get("elapsed_s", 0.0))
-    encode = float(read_json(ae / "recon.json").get("encode_train_s") or 0.0)
-    return (elapsed + encode) / 60
-
-
-def autoencoder_factor(data: str) -> int:
-    """f = 4 (28×28 → 7×7 latents), or 2 for images under 16 px (the latent U-Net needs at least 4×4)."""
-    from trilemma.data import load_dataset
-
-    return 4 if load_dataset(data, "train").image_shape[-1] >= 16 else 2
-
-
 def train_demo(out: Path, recipe: DemoRecipe, *, minutes: float | None, steps: int | None, resume: bool = False,
                progress: bool = True) -> FitResult:
     """Train the demo's model into ``out`` (a new run, or ``resume``); returns the final phase's result."""
     if recipe.space == "pixel":
         return _train_pixel(out, recipe, minutes, steps, resume, progress)
-    from trilemma.autoencoder.train import train_autoencoder
     from trilemma.ldm.train import train_ldm
 
     ae = out / AE_DIR
-    budget = {"steps": steps} if steps else {"minutes": minutes * AE_SHARE}
-    if not phase1_finished(ae):
-        if resume and (ae / "state" / "trainer.json").is_file():
-            first = train_autoencoder(ae, resume=True, progress=progress, **budget)
-        else:
-            first = train_autoencoder(ae, data=recipe.data, factor=autoencoder_factor(recipe.data), preset=recipe.preset, seed=recipe.seed,
-                                      bf16=recipe.bf16, device=recipe.device, recon_fid=False, eval_n=1000,
-                                      progress=progress, **budget)
-        if first.interrupted:
-            return first
-    budget = {"steps": steps} if steps else {"minutes": max(minutes - phase1_minutes(ae), 0.05)}
+    first = run_phase1(ae, budget={"steps": steps} if steps else {"minutes": minutes * AE_SHARE}, resume=resume,
+                       progress=progress, data=recipe.data, factor=autoencoder_factor(recipe.data),
+                       preset=recipe.preset, seed=recipe.seed, bf16=recipe.bf16, device=recipe.device,
+                       recon_fid=False, eval_n=1000)
+    if first is not None and first.interrupted:
+        return first
+    budget = phase2_budget(ae, minutes, steps)
     if resume and (out / "state" / "trainer.json").is_file():
         return train_ldm(out, resume=True, progress=progress, **budget)
     return train_ldm(out, autoencoder=ae, preset=recipe.preset, batch_size=recipe.batch_size, lr=recipe.lr or 2e-3,

@@ -138,7 +138,7 @@ def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path
     elif name == "ae":
         from trilemma.autoencoder.train import train_autoencoder
 
-        from trilemma.experiments.demo import autoencoder_factor
+        from trilemma.autoencoder.phase import autoencoder_factor
 
         train_autoencoder(path, data=cfg.data, factor=autoencoder_factor(cfg.data), eval_n=min(cfg.n, 1000), **common)   # + scale, rFID
     elif name == "ldm":

@@ -30,13 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from trilemma.config import from_dict
-from trilemma.ddpm.config import DiffusionConfig
 from trilemma.ddpm.run import DiffusionRun
 from trilemma.diffusion.samplers import DEFAULT_STEPS, solver_nfe
-from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import RunError, TrilemmaError
-from trilemma.nets.unet import UNetConfig
-from trilemma.run import GeneratorRun, SampleOptions, load_weights
+from trilemma.run import SampleOptions
 from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder
 from trilemma.t2i.networks import t2i_network
@@ -123,24 +120,16 @@ class TextDiffusionRun(DiffusionRun):
     kind = "t2i"
 
     def __init__(self, path: Path, config: dict[str, Any], device: torch.device, weights: str = "auto"):
-        # DiffusionRun.__init__, with the network of the run's text recipe (the U-Net, plus the text
-        # layers of trilemma.t2i.networks when the recipe has any) in place of the plain U-Net.
-        GeneratorRun.__init__(self, path, config, device)
-        where = f"{path}/config.json"
-        self.text = from_dict(T2IConfig, config["text"], where)
-        self.diffusion = from_dict(DiffusionConfig, config["diffusion"], where=where)
-        self.unet_config = from_dict(UNetConfig, config["model"], where=where)
-        self.schedule = make_schedule(self.diffusion.schedule)
-        self.model = t2i_network(self.unet_config, self.text).to(device).eval().requires_grad_(False)
-        if weights == "auto":
-            weights = "ema" if (self.path / "ema.safetensors").is_file() else "model"
-        if not (self.path / f"{weights}.safetensors").is_file():
-            raise RunError(f"{path}: no {weights}.safetensors (has the run saved a checkpoint yet?)")
-        self.step = load_weights(self.path / f"{weights}.safetensors", self.model, device)
+        self.text = from_dict(T2IConfig, config["text"], f"{path}/config.json")
+        super().__init__(path, config, device, weights)
         if self.unet_config.context_dim <= 0:
-            raise RunError(f"{where}: a t2i run's U-Net needs context_dim > 0")
+            raise RunError(f"{path}/config.json: a t2i run's U-Net needs context_dim > 0")
         self.space = load_space(self.path, config, self.text, device)
         self._captions: list[str] | None = None
+
+    def build_model(self, config: dict[str, Any]) -> torch.nn.Module:
+        """The network of the run's text recipe: the U-Net, plus the text layers of trilemma.t2i.networks."""
+        return t2i_network(self.unet_config, self.text)
 
     @property
     def encoder(self) -> TextEncoder:

@@ -1,7 +1,8 @@
 """Train a text-to-image diffusion model on image–caption pairs (docs/methods.md §8) into a run folder.
 
-    python: train_t2i("runs/t2i", data="shapes", preset="small", minutes=60)
-    shell:  trilemma train t2i --data shapes --out runs/t2i --minutes 60 [--autoencoder RUN_AE]
+    python: train_t2i("runs/t2i", data="shapes", recipe="latent", minutes=60)
+    shell:  trilemma train t2i --data shapes --recipe latent --out runs/t2i --minutes 60
+            trilemma train t2i --data shapes --out runs/t2i --minutes 60 [--autoencoder RUN_AE]
 
 Each step is the pixel DDPM's step (Algorithm 1, :func:`~trilemma.diffusion.losses.diffusion_loss`
 through the shared loop) with the caption as conditioning:
@@ -39,6 +40,7 @@ from trilemma.options import build, overrides
 from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder, pad_tokens
 from trilemma.t2i.networks import describe_recipe, t2i_network
+from trilemma.t2i.recipe import T2IRecipe, is_recipe_run, resume_folder, train_latent_recipe
 from trilemma.t2i.run import AUTOENCODER_DIR, PixelSpace, load_space, pixel_shape, text_conditioning
 from trilemma.train.common import TrainConfig, adamw
 from trilemma.train.family import (
@@ -134,7 +136,7 @@ class CaptionTable:
         return len(self.unique)
 
     def lookup(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        rows = rows.to(self.context.device)
+        rows = rows.to(self.context.device, non_blocking=True)     # a CPU tensor of the batch's own: no host wait
         return {"context": self.context[rows], "context_mask": self.mask[rows]}
 
 
@@ -222,18 +224,29 @@ def preview_samples(ema_model, unet_config: UNetConfig, diffusion: DiffusionConf
     return space.decode(z)
 
 
+def train_t2i(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:
+    """Train a text-to-image model into ``out`` (or continue it with ``resume=True``); options as the CLI's.
+
+    ``recipe="latent"``: the measured latent recipe of :mod:`trilemma.t2i.recipe` (an autoencoder phase
+    in ``out/ae`` first unless ``autoencoder`` is given; given options win over its defaults).
+    ``patch`` (pixel space): p×p patches, default 2 when the image size is even and >= 16, else 1.
+    """
+    out = Path(out)
+    recipe = options.pop("recipe", None) or "pixel"
+    if (resume and is_recipe_run(out)) or (not resume and recipe == "latent"):
+        return train_latent_recipe(out, options, resume=resume, progress=progress, phase2=_train_spec)
+    return _train_spec(out, resume=resume, progress=progress, **options)
+
+
+def _train_spec(out: Path, *, resume: bool, progress: bool, **options: Any) -> FitResult:
+    return train(SPEC, out, resume=resume, progress=progress, **options)
+
+
 SPEC = TrainSpec(kind="t2i", desc="text-to-image",
                  help="text-to-image diffusion: a frozen text encoder, cross-attention, caption dropout for "
                       "classifier-free guidance (docs/methods.md §8)",
                  options=(DataConfig, TrainConfig, DiffusionConfig, T2IConfig, LatentSource),
-                 overrides={UNetConfig: T2I_OVERRIDES},
+                 overrides={UNetConfig: T2I_OVERRIDES}, extra=(T2IRecipe,),
                  defaults={"lr": 1e-3, "batch_size": 64, "data": "shapes", "patch": None},
-                 new_config=new_config, build=build_trainer, on_create=on_create)
-
-
-def train_t2i(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:
-    """Train a text-to-image model into ``out`` (or continue it with ``resume=True``); options as the CLI's.
-
-    ``patch`` (pixel space): p×p patches, default 2 when the image size is even and >= 16, else 1.
-    """
-    return train(SPEC, out, resume=resume, progress=progress, **options)
+                 new_config=new_config, build=build_trainer, on_create=on_create,
+                 runner=train_t2i, resume_folder=resume_folder)

@@ -64,6 +64,10 @@ class TrainSpec:
     presets: tuple[str, ...] = PRESETS
     drop_on_resume: tuple[str, ...] = ()                      # config.json sections that training invalidates
     on_create: Callable[[Path, dict[str, Any]], None] | None = None   # after a new run folder is created
+    # The family's own entry point in place of train(spec, …) (e.g. a recipe with phases), and the run
+    # folder and kind a --resume of RUN continues (None: nothing to check before the entry point runs).
+    runner: Callable[..., FitResult] | None = None
+    resume_folder: Callable[[Path], tuple[Path, str] | None] | None = None
 
     @property
     def all_defaults(self) -> dict[str, Any]:
