@@ -136,3 +136,51 @@ def env_path():
     from pathlib import Path
 
     return Path("/x/y")
+
+
+def _two_rank_worker(rank: int, out: str, port: int) -> None:
+    """One of two gloo processes (torchrun's environment) running the whole recipe."""
+    import os
+    import traceback
+    from pathlib import Path
+
+    from trilemma.data import shapes
+
+    report = Path(out).parent / f"report.{rank}.txt"
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                          LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        torch.set_num_threads(1)
+        shapes.TRAIN_SIZE, shapes.TEST_SIZE = 96, 32
+        for name in ("PREVIEW_PROMPTS", "PREVIEW_SEEDS", "PREVIEW_STEPS"):
+            setattr(t2i, name, 2)
+        t2i.train_t2i(out, recipe="latent", data="shapes", steps=2, preset="tiny", batch_size=8, device="cpu",
+                      schedule=ScheduleConfig(T=100), progress=False)
+        report.write_text("ok")
+    except Exception:
+        report.write_text(traceback.format_exc())
+
+
+def test_the_recipe_runs_under_torchrun_with_two_processes(env):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = env / "two" / "run"
+    out.parent.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(_two_rank_worker, args=(str(out), port), nprocs=2, join=False,
+                                 start_method="spawn")
+    for _ in range(480):                                   # at most 240 s: a hang fails, not blocks
+        if context.join(timeout=0.5):
+            break
+    else:
+        for p in context.processes:
+            p.kill()
+        pytest.fail("the two processes did not finish within 240 s (a rank hung)")
+    for rank in range(2):
+        assert (out.parent / f"report.{rank}.txt").read_text() == "ok", rank
+    assert phase1_finished(out / AE_DIR) and step(out / AE_DIR) == 2 and step(out) == 2
+    assert read(out / "recipe.json")["options"]["steps"] == 2

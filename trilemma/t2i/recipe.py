@@ -22,11 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from trilemma.autoencoder.phase import AE_DIR, autoencoder_factor, phase1_finished, phase1_minutes, phase1_started
-from trilemma.autoencoder.phase import phase2_budget, run_phase1
+from trilemma.autoencoder.phase import (
+    AE_DIR,
+    autoencoder_factor,
+    phase1_finished,
+    phase1_minutes,
+    phase1_started,
+    phase2_budget,
+    run_phase1,
+)
 from trilemma.data import DataConfig
 from trilemma.errors import RunError
 from trilemma.options import flat_options, opt, option_names
+from trilemma.train import distributed
 from trilemma.train.loop import FitResult
 from trilemma.train.rundir import check_run_dir, checkpoint_info, has_checkpoint
 from trilemma.utils.device import native_bf16, pick_device
@@ -104,38 +112,53 @@ def train_latent_recipe(out: Path, options: dict[str, Any], *, resume: bool, pro
                         phase2: Callable[..., FitResult]) -> FitResult:
     """Run (or continue) the latent recipe in ``out``; ``phase2`` trains the t2i run (``train(SPEC, …)``).
 
-    ``options`` are the user's (a new run) or the budget given with ``--resume``.
+    ``options`` are the user's (a new run) or the budget given with ``--resume``. Under torchrun every
+    process calls this: rank 0 checks the folder and writes ``recipe.json``, all ranks train both
+    phases together, and they meet after phase 1 (whose ``finish`` only rank 0 runs).
     """
     out = Path(out)
+    created = distributed.init()
+    try:
+        w = distributed.world()
+        distributed.main_first(lambda: _record(out, options, resume), w, others=False)
+        values = read_recipe(out)
+        minutes, steps = values.get("minutes"), values.get("steps")
+        if values.get("autoencoder") is None:
+            ae = out / AE_DIR
+            budget1 = ({"steps": min(steps, AE_MAX_STEPS)} if steps else
+                       {"minutes": min(minutes * AE_SHARE, AE_MAX_MINUTES)})
+            first = run_phase1(ae, budget=budget1, resume=resume, progress=progress, **autoencoder_options(values))
+            if first is not None and first.interrupted:
+                return first
+            distributed.barrier()                       # rank 0 has written phase 1's recon.json
+            budget2 = phase2_budget(ae, minutes, steps)
+            values = {**values, "autoencoder": str(ae)}
+            if "minutes" in budget2 and has_checkpoint(out):
+                _check_total(out, minutes, phase1_minutes(ae), budget2["minutes"])
+        else:
+            budget2 = {k: values[k] for k in BUDGET if values.get(k) is not None}
+        if has_checkpoint(out):                        # phase 2 had started: continue it
+            return phase2(out, resume=True, progress=progress, **budget2)
+        phase2_options = {k: v for k, v in values.items() if k not in BUDGET}
+        return phase2(out, resume=False, progress=progress, **phase2_options, **budget2)
+    finally:
+        if created:
+            distributed.shutdown()
+
+
+def _record(out: Path, options: dict[str, Any], resume: bool) -> None:
+    """Check ``out`` and write ``recipe.json``: the recipe's options, with this session's budget."""
     if resume:
         stored = read_recipe(out)
         budget = {k: options[k] for k in BUDGET if options.get(k) is not None}
-        values = {**{k: v for k, v in stored.items() if k not in BUDGET}, **(budget or
-                  {k: stored[k] for k in BUDGET if stored.get(k) is not None})}
+        values = {**{k: v for k, v in stored.items() if k not in BUDGET},
+                  **(budget or {k: stored[k] for k in BUDGET if stored.get(k) is not None})}
     else:
         check_run_dir(out, resume=False)
         check_run_dir(out / AE_DIR, resume=False)
         values = latent_options(options)
         out.mkdir(parents=True, exist_ok=True)
     write_json(out / RECIPE_FILE, {"recipe": "latent", "options": values})
-    minutes, steps = values.get("minutes"), values.get("steps")
-    if values.get("autoencoder") is None:
-        ae = out / AE_DIR
-        budget1 = ({"steps": min(steps, AE_MAX_STEPS)} if steps else
-                   {"minutes": min(minutes * AE_SHARE, AE_MAX_MINUTES)})
-        first = run_phase1(ae, budget=budget1, resume=resume, progress=progress, **autoencoder_options(values))
-        if first is not None and first.interrupted:
-            return first
-        budget2 = phase2_budget(ae, minutes, steps)
-        values = {**values, "autoencoder": str(ae)}
-        if "minutes" in budget2 and has_checkpoint(out):
-            _check_total(out, minutes, phase1_minutes(ae), budget2["minutes"])
-    else:
-        budget2 = {k: values[k] for k in BUDGET if values.get(k) is not None}
-    if has_checkpoint(out):                        # phase 2 had started: continue it
-        return phase2(out, resume=True, progress=progress, **budget2)
-    phase2_options = {k: v for k, v in values.items() if k not in BUDGET}
-    return phase2(out, resume=False, progress=progress, **phase2_options, **budget2)
 
 
 def _check_total(out: Path, minutes: float, first: float, second: float) -> None:
