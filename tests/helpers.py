@@ -45,3 +45,26 @@ def small_shapes(train_size: int, test_size: int, previews: int, cache=None):
         for name in ("PREVIEW_PROMPTS", "PREVIEW_SEEDS", "PREVIEW_STEPS"):
             mp.setattr(t2i, name, previews)
         yield
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(fn, args: tuple, nprocs: int, seconds: float) -> None:
+    """Spawn ``fn(rank, *args)`` in ``nprocs`` processes; kill them and fail the test if they run past
+    ``seconds`` (a hung rank fails, it does not block the suite)."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    for _ in range(int(seconds * 2)):
+        if context.join(timeout=0.5):
+            return
+    for p in context.processes:
+        p.kill()
+    pytest.fail(f"the {nprocs} processes did not finish within {seconds:g} s (a rank hung)")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import free_port, run_processes
 
 from trilemma.train import distributed
 from trilemma.utils.io import load_tensors, save_tensors
@@ -95,24 +94,10 @@ def _worker(rank: int, tmp: str, port: int) -> None:
     (tmp / f"report.{rank}.json").write_text(json.dumps(report))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, cache):
     tmp = tmp_path_factory.mktemp("dist")
-    context = mp.start_processes(_worker, args=(str(tmp), _free_port()), nprocs=WORLD, join=False,
-                                 start_method="spawn")
-    for _ in range(240):                                              # at most 120 s: a hang fails, not blocks
-        if context.join(timeout=0.5):
-            break
-    else:
-        for p in context.processes:
-            p.kill()
-        pytest.fail("the two training processes did not finish within 120 s (a rank hung)")
+    run_processes(_worker, (str(tmp), free_port()), WORLD, seconds=120)
     reports = [json.loads((tmp / f"report.{r}.json").read_text()) for r in range(WORLD)]
     for r, rep in enumerate(reports):
         assert "error" not in rep, f"rank {r}:\n{rep['error']}"

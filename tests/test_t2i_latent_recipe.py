@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import cli, one_line_error, small_shapes
+from helpers import cli, free_port, one_line_error, run_processes, small_shapes
 
 from trilemma.autoencoder.phase import AE_DIR, phase1_finished
 from trilemma.autoencoder.train import train_autoencoder
@@ -36,11 +36,19 @@ def step(path):
     return read(path / "state" / "trainer.json")["step"]
 
 
-def test_the_latent_recipe_trains_its_autoencoder_then_t2i_on_the_latents(env, capsys):
+@pytest.fixture(scope="module")
+def latent_run(env):
+    """A recipe run of 3 steps per phase, made through the CLI."""
+    from trilemma.cli.main import main
+
     out = env / "latent"
-    code, _, err = cli(capsys, "train", "t2i", "--recipe", "latent", "--data", "shapes", "--steps", 3, *TINY,
-                       "--out", out)
-    assert code == 0, err
+    assert main(["train", "t2i", "--recipe", "latent", "--data", "shapes", "--steps", "3",
+                 *map(str, TINY), "--out", str(out)]) == 0
+    return out
+
+
+def test_the_latent_recipe_trains_its_autoencoder_then_t2i_on_the_latents(latent_run):
+    out = latent_run
     assert phase1_finished(out / AE_DIR) and step(out / AE_DIR) == 3 and step(out) == 3
     config = read(out / "config.json")
     assert config["autoencoder"]["factor"] == 4 and config["model"]["in_channels"] == 4   # 4×8×8 latents
@@ -119,8 +127,8 @@ def test_resuming_a_recipe_that_never_saved_is_a_one_line_error(env, capsys):
     one_line_error(err, "--resume", "without --resume")
 
 
-def test_a_new_recipe_refuses_a_folder_that_holds_a_run(env, capsys):
-    code, _, err = cli(capsys, "train", "t2i", "--recipe", "latent", "--steps", 1, *TINY, "--out", env / "latent")
+def test_a_new_recipe_refuses_a_folder_that_holds_a_run(latent_run, capsys):
+    code, _, err = cli(capsys, "train", "t2i", "--recipe", "latent", "--steps", 1, *TINY, "--out", latent_run)
     assert code == 2
     one_line_error(err, "already holds a run")
 
@@ -162,24 +170,9 @@ def _two_rank_worker(rank: int, out: str, port: int) -> None:
 
 
 def test_the_recipe_runs_under_torchrun_with_two_processes(env):
-    import socket
-
-    import torch.multiprocessing as mp
-
     out = env / "two" / "run"
     out.parent.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(_two_rank_worker, args=(str(out), port), nprocs=2, join=False,
-                                 start_method="spawn")
-    for _ in range(480):                                   # at most 240 s: a hang fails, not blocks
-        if context.join(timeout=0.5):
-            break
-    else:
-        for p in context.processes:
-            p.kill()
-        pytest.fail("the two processes did not finish within 240 s (a rank hung)")
+    run_processes(_two_rank_worker, (str(out), free_port()), 2, seconds=240)
     for rank in range(2):
         assert (out.parent / f"report.{rank}.txt").read_text() == "ok", rank
     assert phase1_finished(out / AE_DIR) and step(out / AE_DIR) == 2 and step(out) == 2
