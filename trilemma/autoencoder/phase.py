@@ -16,7 +16,7 @@ from typing import Any
 
 from trilemma.errors import RunError
 from trilemma.train.loop import FitResult
-from trilemma.train.rundir import checkpoint_info
+from trilemma.train.rundir import checkpoint_info, has_checkpoint
 from trilemma.utils.io import read_json
 
 AE_DIR = "ae"                 # phase 1's run folder inside the recipe's
@@ -32,7 +32,7 @@ def autoencoder_factor(data: str) -> int:
 
 def phase1_started(ae: Path) -> bool:
     """Phase 1 has a checkpoint to continue from."""
-    return (ae / "config.json").is_file() and (ae / "state" / "trainer.json").is_file()
+    return (ae / "config.json").is_file() and has_checkpoint(ae)
 
 
 def phase1_finished(ae: Path) -> bool:

@@ -42,7 +42,7 @@ class DiffusionRun(GeneratorRun):
         self.diffusion = from_dict(DiffusionConfig, config["diffusion"], where=f"{path}/config.json")
         self.unet_config = from_dict(UNetConfig, config["model"], where=f"{path}/config.json")
         self.schedule: NoiseSchedule = make_schedule(self.diffusion.schedule)
-        self.model = self.build_model(config).to(device).eval().requires_grad_(False)
+        self.model = self.build_model().to(device).eval().requires_grad_(False)
         if weights == "auto":
             weights = "ema" if (self.path / "ema.safetensors").is_file() else "model"
         if not (self.path / f"{weights}.safetensors").is_file():
@@ -50,8 +50,8 @@ class DiffusionRun(GeneratorRun):
         self.step = load_weights(self.path / f"{weights}.safetensors", self.model, device)
 
     # ------------------------------------------------------------------ hooks for subclasses
-    def build_model(self, config: dict[str, Any]) -> torch.nn.Module:
-        """The network the weights load into (the U-Net of ``config["model"]``)."""
+    def build_model(self) -> torch.nn.Module:
+        """The network the weights load into (the U-Net of ``self.unet_config``)."""
         return UNet(self.unet_config)
 
     @property

@@ -149,10 +149,8 @@ def train_latent_recipe(out: Path, options: dict[str, Any], *, resume: bool, pro
 def _record(out: Path, options: dict[str, Any], resume: bool) -> None:
     """Check ``out`` and write ``recipe.json``: the recipe's options, with this session's budget."""
     if resume:
-        stored = read_recipe(out)
-        budget = {k: options[k] for k in BUDGET if options.get(k) is not None}
-        values = {**{k: v for k, v in stored.items() if k not in BUDGET},
-                  **(budget or {k: stored[k] for k in BUDGET if stored.get(k) is not None})}
+        budget = {k: options[k] for k in BUDGET if options.get(k) is not None}    # a new budget replaces the old
+        values = {k: v for k, v in read_recipe(out).items() if not (budget and k in BUDGET)} | budget
     else:
         check_run_dir(out, resume=False)
         check_run_dir(out / AE_DIR, resume=False)

@@ -127,7 +127,7 @@ class TextDiffusionRun(DiffusionRun):
         self.space = load_space(self.path, config, self.text, device)
         self._captions: list[str] | None = None
 
-    def build_model(self, config: dict[str, Any]) -> torch.nn.Module:
+    def build_model(self) -> torch.nn.Module:
         """The network of the run's text recipe: the U-Net, plus the text layers of trilemma.t2i.networks."""
         return t2i_network(self.unet_config, self.text)
 
