@@ -9,6 +9,7 @@ installed `trilemma` must work from the wheel's files alone, not from the checko
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -20,16 +21,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# What a checkout may hold besides its sources (environments, build output, runs, caches): not copied.
+LOCAL_ONLY = (".git", ".venv", "build", "*.egg-info", "runs", ".cache", ".fmnist", ".hypothesis", "__pycache__",
+              ".pytest_cache", ".ruff_cache")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")          # a copy-free build: setuptools' build dir outside the repo
+    # pip builds in the source tree (build/, *.egg-info), and under xdist each worker that runs a test of
+    # this module builds its own wheel: each builds from a private copy, or two builds race in build/.
+    source = tmp_path_factory.mktemp("source") / "trilemma"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*LOCAL_ONLY))
     env = {**os.environ, "PIP_NO_INDEX": "1"}
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True, env=env, cwd=build,
-                          timeout=300)
+                           "-w", str(out), str(source)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     wheels = list(out.glob("trilemma-*.whl"))
     assert len(wheels) == 1
