@@ -395,7 +395,7 @@ def test_ddgan_config_rejects_bad_options_in_one_line(kwargs, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(image_size=2), "--image-size"),
-    (dict(channels=2), "channels"),
+    (dict(channels=0), "channels"),
     (dict(channel_mults=()), "channel_mults"),
     (dict(base_channels=0), "--base-channels"),
     (dict(n_mlp=-1), "n_mlp"),

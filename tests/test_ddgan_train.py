@@ -140,3 +140,90 @@ def test_cli_train_sample_eval_and_compare(cache, tmp_path, capsys):
     code, _, err = cli(capsys, "train", "ddgan", "--data", "digits", "--steps", "1", "--T", "9", "--out", tmp_path / "b")
     assert code == 2 and not (tmp_path / "b").exists()
     one_line_error(err, "--T", "between 1 and 8")
+
+
+# ------------------------------------------------------------------------------------------ latent space
+def test_latent_preset_keeps_levels_of_at_least_4_and_drops_tanh():
+    from trilemma.ddgan.config import latent_preset
+    from trilemma.errors import TrilemmaError
+
+    c = latent_preset("small", 7, 4)
+    assert (c.image_size, c.channels, c.channel_mults, c.tanh) == (7, 4, (1, 2), False)      # 7 → 4, not 2
+    assert latent_preset("small", 16, 4).channel_mults == (1, 2, 2)                          # 16 → 8 → 4
+    assert latent_preset("tiny", 4, 3, base_channels=8).base_channels == 8
+    x = torch.randn(2, 4, 7, 7)
+    out = DDGANGenerator(c, 100)(x, torch.randn(2, 100), torch.tensor([1, 4]))
+    assert out.shape == x.shape
+    assert DDGANDiscriminator(c)(x, x, torch.tensor([1, 4])).shape == (2,)
+    with pytest.raises(TrilemmaError, match="2×2 are too small.*--factor"):
+        latent_preset("small", 2, 4)
+
+
+@pytest.fixture(scope="module")
+def latent_ae(cache, tmp_path_factory):
+    from trilemma.autoencoder.train import train_autoencoder
+
+    out = tmp_path_factory.mktemp("lddgan") / "ae"
+    train_autoencoder(out, data="digits", preset="tiny", factor=2, steps=4, batch_size=16, lr=2e-3, progress=False,
+                      device="cpu", log_every=1, checkpoint_every=100)
+    return out
+
+
+def test_latent_ddgan_trains_on_scaled_latents_and_samples_decoded_images(latent_ae, tmp_path):
+    from trilemma.autoencoder.run import load_autoencoder
+    from trilemma.ddgan.diffusion import ddgan_sample
+
+    out = tmp_path / "lddgan"
+    tiny(out, 2, autoencoder=latent_ae)
+    config = json.loads((out / "config.json").read_text())
+    ae = load_autoencoder(latent_ae, device="cpu")
+    assert config["autoencoder"]["digest"] == ae.weights_digest() and (out / "autoencoder" / "config.json").is_file()
+    assert (config["model"]["channels"], config["model"]["image_size"], config["model"]["tanh"]) == (4, 4, False)
+    assert load_autoencoder(out, device="cpu").weights_digest() == ae.weights_digest()      # its copy, by SHA-256
+    run = load_run(out, device="cpu")
+    assert isinstance(run, DDGANRun) and run.x_shape == ae.latent_shape == (4, 4, 4)
+    assert run.nfe(SampleOptions()) == 4 and "on 4×4×4 latents" in run.describe(SampleOptions())
+    images = run.sample_batch(3, torch.Generator().manual_seed(5), SampleOptions())
+    # the same draw by hand: x_T in latent space, T steps of G, then the decoder D(z / s)
+    g = torch.Generator().manual_seed(5)
+    x_T = torch.randn((3, 4, 4, 4), generator=g)
+    expected = ae.decode(ddgan_sample(run.G, x_T, run.schedule, run.ddgan.z_dim, generator=g))
+    assert images.shape == (3, 1, 8, 8) and torch.allclose(images, expected)
+    _, traj = run.sample_batch(2, torch.Generator().manual_seed(1), SampleOptions(), return_trajectory=True)
+    assert [x.shape[1:] for x in traj["x_t"]] == [(4, 4, 4)] * 5 and run.decode(traj["x_t"][-1]).shape[1:] == (1, 8, 8)
+
+
+def test_latent_ddgan_resumes_exactly_and_refuses_a_changed_autoencoder(latent_ae, tmp_path):
+    from trilemma.errors import RunError
+
+    tiny(tmp_path / "straight", 4, autoencoder=latent_ae)
+    tiny(tmp_path / "split", 2, autoencoder=latent_ae)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert rows(tmp_path / "split") == rows(tmp_path / "straight")
+    weights = next((tmp_path / "split" / "autoencoder").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")                         # one byte changed
+    with pytest.raises(RunError, match="SHA-256"):
+        load_run(tmp_path / "split", device="cpu")
+    with pytest.raises(RunError, match="SHA-256"):
+        train_ddgan(tmp_path / "split", steps=5, resume=True, progress=False)
+
+
+def test_cli_latent_ddgan_and_its_one_line_errors(latent_ae, tmp_path, capsys):
+    from trilemma.autoencoder.train import train_autoencoder
+
+    run = tmp_path / "dd"
+    code, _, err = cli(capsys, "train", "ddgan", "--autoencoder", latent_ae, "--preset", "tiny", "--steps", "2",
+                       "--T", "2", "--batch-size", "16", "--device", "cpu", "--out", run, "--quiet")
+    assert code == 0, err
+    code, _, err = cli(capsys, "sample", run, "--n", "4", "--out", tmp_path / "x.png", "--quiet")
+    assert code == 0 and "2 network evaluations" in err and (tmp_path / "x.png").is_file()
+    code, _, err = cli(capsys, "train", "ddgan", "--steps", "1", "--out", tmp_path / "none")
+    assert code == 2 and not (tmp_path / "none").exists()
+    one_line_error(err, "--data", "--autoencoder")
+    big = tmp_path / "ae4"                                              # f = 4 on 8×8 digits: 2×2 latents
+    train_autoencoder(big, data="digits", preset="tiny", factor=4, steps=1, batch_size=16, progress=False,
+                      device="cpu", checkpoint_every=100)
+    capsys.readouterr()
+    code, _, err = cli(capsys, "train", "ddgan", "--autoencoder", big, "--steps", "1", "--out", tmp_path / "small")
+    assert code == 2 and not (tmp_path / "small").exists()
+    one_line_error(err, "2×2", "--factor")

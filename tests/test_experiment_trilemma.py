@@ -1,4 +1,4 @@
-"""`trilemma experiment trilemma`: five families, one budget, one table and one plot (docs/methods.md §9, §11)."""
+"""`trilemma experiment trilemma`: six models, one budget, one table and one plot (docs/methods.md §9, §11)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def test_budget_is_the_same_per_model_and_the_latent_arm_includes_its_autoencode
     assert cfg.budget("vae") == cfg.budget("ddgan") == {"minutes": 9}
     assert cfg.budget("ae") == {"minutes": pytest.approx(3.0)}
     assert cfg.budget("ldm", ae_minutes=3.2) == {"minutes": pytest.approx(5.8)}     # what the AE really used
+    assert cfg.budget("lddgan", ae_minutes=3.2) == {"minutes": pytest.approx(5.8)}  # the other latent arm too
     assert TrilemmaConfig().budget("gan") == {"minutes": 8.0}
     assert TrilemmaConfig(steps=5).budget("ldm", ae_minutes=100.0) == {"steps": 5}
     with pytest.raises(TrilemmaError, match="autoencoder used"):
@@ -40,7 +41,7 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert list(results) == list(ROWS)
     speed = {k: r["metrics"]["speed"] for k, r in results.items()}
     assert {k: s["nfe"] for k, s in speed.items()} == {"vae": 1, "gan": 1, "ddpm-ddim": 3, "ddpm-fast": 10,
-                                                        "ldm": 3, "ddgan": 4}
+                                                        "ldm": 3, "ddgan": 4, "lddgan": 4}
     for key, r in results.items():
         m = r["metrics"]
         assert m["n"] == 30 and m["quality"]["fid"] is not None and m["coverage"]["recall"] is not None
@@ -48,9 +49,12 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
         assert all(b["steps"] == 2 for b in r["budget"]) and (out / "evals" / f"{key}.json").is_file()
         assert r["label"] in printed
     assert [b["kind"] for b in results["ldm"]["budget"]] == ["autoencoder", "ldm"]
+    assert [b["kind"] for b in results["lddgan"]["budget"]] == ["autoencoder", "ddgan"]
+    assert json.loads((out / "lddgan" / "config.json").read_text())["autoencoder"]["latent_shape"][0] > 1
     assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "dpmpp-2m"
     table = (out / "trilemma.md").read_text()
     assert table.count("\n| ") == 1 + len(ROWS) and "DDGAN (4 NFE)" in table and "as fast as the DDPM" in table
+    assert "latent DDGAN (4 NFE)" in table and table.count("as fast as the DDPM") == 2
     assert (out / "trilemma.png").stat().st_size > 5000
 
     # a rerun trains nothing and samples nothing for the metrics

@@ -107,13 +107,27 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def run_autoencoder(path: Path, config: dict[str, Any], device: torch.device) -> AutoencoderRun:
+    """The copy of the autoencoder inside a latent run folder (``RUN/autoencoder``), checked against the
+    SHA-256 that the run's ``config.json["autoencoder"]["digest"]`` keeps."""
+    ae_dir = Path(path) / AUTOENCODER_DIR
+    if not (ae_dir / "config.json").is_file():
+        raise RunError(f"{path}: its copy of the autoencoder ({ae_dir}) is missing; the run cannot decode")
+    ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
+    if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
+        raise RunError(f"{ae.weights_path}: not the autoencoder the run {path} was trained with (SHA-256 differs "
+                       f"from its config.json); restore the original file")
+    return ae
+
+
 def load_autoencoder(path: str | Path, device: str | torch.device | None = None) -> AutoencoderRun:
-    """An autoencoder run, or the copy inside an ldm run (``RUN/autoencoder``); anything else is a one-line error."""
+    """An autoencoder run, or the copy inside a latent run (``RUN/autoencoder`` of an ldm, latent t2i or latent
+    DDGAN run); anything else is a one-line error."""
     from trilemma.utils.device import pick_device
 
     path = Path(path)
     config = read_run_config(path)
-    if config["kind"] == "ldm":
+    if config["kind"] != "autoencoder" and config.get("autoencoder"):
         path = path / AUTOENCODER_DIR
         config = read_run_config(path)
     if config["kind"] != "autoencoder":

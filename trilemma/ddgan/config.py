@@ -81,7 +81,7 @@ class DDGANNetConfig:
     """Sizes of the generator x̂₀ = G(x_t, z, t) (a U-Net with adaptive GroupNorm) and the discriminator D(x_{t−1}, x_t, t)."""
 
     image_size: int = 32
-    channels: int = 1                          # image channels (1 grey, 3 RGB)
+    channels: int = 1                          # channels of x (1 grey, 3 RGB; the latent channels in latent space)
     base_channels: int = opt(64, "generator: width of the first U-Net level (overrides the preset's)",
                              check=int_in(1, 4096))
     channel_mults: tuple[int, ...] = (1, 2, 2)  # G: width of level i = base_channels · channel_mults[i]
@@ -98,8 +98,8 @@ class DDGANNetConfig:
         check_fields(self)
         if not isinstance(self.image_size, int) or self.image_size < 4:
             raise TrilemmaError(f"--image-size: DDGAN networks need images of at least 4 pixels, got {self.image_size!r}")
-        if self.channels not in (1, 3):
-            raise TrilemmaError(f"DDGAN option channels: must be 1 or 3, got {self.channels}")
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise TrilemmaError(f"DDGAN option channels: must be a positive integer, got {self.channels!r}")
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise TrilemmaError(f"DDGAN option channel_mults: must be a non-empty list of positive integers, "
                                 f"got {list(self.channel_mults)}")
@@ -127,4 +127,28 @@ def preset(name: str, image_size: int, channels: int, **overrides) -> DDGANNetCo
     if name not in PRESETS:
         raise TrilemmaError(f"--preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     config = DDGANNetConfig(image_size=image_size, channels=channels, **PRESETS[name])
+    return replace(config, **overrides) if overrides else config
+
+
+MIN_LEVEL_SIZE = 4      # in latent space, G's levels stop once they would be smaller than this
+
+
+def latent_preset(name: str, latent_size: int, latent_channels: int, **overrides) -> DDGANNetConfig:
+    """The preset ``name`` for a DDGAN on an autoencoder's scaled latents (c × h × h).
+
+    As the latent DDPM's U-Net (:func:`trilemma.ldm.config.latent_unet_preset`), G keeps its
+    levels while they are at least 4×4 (7 → 4, 8 → 4, 16 → 8 → 4), and its output is not
+    squashed by tanh: scaled latents have unit variance, not the range (−1, 1) of pixels.
+    """
+    if latent_size < MIN_LEVEL_SIZE:
+        raise TrilemmaError(f"latents of {latent_size}×{latent_size} are too small for the DDGAN generator (it needs "
+                            f"at least {MIN_LEVEL_SIZE}×{MIN_LEVEL_SIZE}): use a smaller --factor or a larger "
+                            f"--image-size for the autoencoder")
+    config = preset(name, latent_size, latent_channels, tanh=False)
+    sizes, size = [], latent_size
+    for _ in config.channel_mults:
+        sizes.append(size)
+        size = -(-size // 2)
+    keep = max(1, sum(1 for s in sizes if s >= MIN_LEVEL_SIZE))
+    config = replace(config, channel_mults=config.channel_mults[:keep])
     return replace(config, **overrides) if overrides else config

@@ -5,6 +5,10 @@
 ``ema.safetensors`` = the EMA of G (used when present). Sampling is
 :func:`~trilemma.ddgan.diffusion.ddgan_sample` from x_T ~ N(0, I); the diffusion samplers'
 options (``--sampler``, ``--steps`` …) do not apply and are ignored, as for GAN runs.
+
+A latent run (``config.json["autoencoder"]``, trained with ``--autoencoder``) diffuses the scaled
+latents of its copy of the autoencoder (``RUN/autoencoder``, checked by SHA-256) and decodes the
+final x₀; trajectories stay in latent space and are decoded by :meth:`DDGANRun.decode`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import torch
 
+from trilemma.autoencoder.run import run_autoencoder
 from trilemma.config import from_dict
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig
 from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
@@ -40,6 +45,16 @@ class DDGANRun(GeneratorRun):
         if not (self.path / f"{weights}.safetensors").is_file():
             raise RunError(f"{path}: no {weights}.safetensors (has the run saved a checkpoint yet?)")
         self.step = load_weights(self.path / f"{weights}.safetensors", self.G, device)
+        self.autoencoder = run_autoencoder(self.path, config, device) if config.get("autoencoder") else None
+        if self.autoencoder is not None and self.autoencoder.latent_shape != self.x_shape:
+            raise RunError(f"{where}: the generator's input {self.x_shape} does not match the autoencoder's "
+                           f"latents {self.autoencoder.latent_shape}")
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """The diffused variable: the image (C, H, W), or in a latent run the scaled latent (c, h, w)."""
+        c = self.net_config
+        return (c.channels, c.image_size, c.image_size)
 
     @property
     def model(self) -> DDGANGenerator:
@@ -59,11 +74,14 @@ class DDGANRun(GeneratorRun):
         return self.ddgan.T
 
     def describe(self, options: SampleOptions) -> str:
-        return f"DDGAN {self.ddgan.T} steps"
+        if self.autoencoder is None:
+            return f"DDGAN {self.ddgan.T} steps"
+        c, h, w = self.x_shape
+        return f"DDGAN {self.ddgan.T} steps on {c}×{h}×{w} latents (f = {self.autoencoder.model_config.factor})"
 
     def decode(self, x_0: torch.Tensor) -> torch.Tensor:
-        """Pixels are the diffused variable (for ``trilemma show trajectory``)."""
-        return x_0
+        """The diffused variable as images in [−1, 1]: pixels as they are, scaled latents through D(z / s)."""
+        return x_0 if self.autoencoder is None else self.autoencoder.decode(x_0)
 
     @torch.no_grad()
     def sample_batch(self, n: int, generator: torch.Generator, options: SampleOptions,
@@ -72,9 +90,8 @@ class DDGANRun(GeneratorRun):
 
         ``return_trajectory``: also {"t": [T..1], "x_t": [x_T, x_{T−1}, …, x_0], "x0_hat": [per step]} on the CPU.
         """
-        c = self.net_config
         if x_T is None:
-            x_T = torch.randn((n, c.channels, c.image_size, c.image_size), generator=generator, device=self.device)
+            x_T = torch.randn((n, *self.x_shape), generator=generator, device=self.device)
         traj: dict[str, list] = {"t": [], "x_t": [x_T.cpu()], "x0_hat": []}
 
         def step(t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
@@ -89,5 +106,5 @@ class DDGANRun(GeneratorRun):
         x_0 = ddgan_sample(self.G, x_T, self.schedule, self.ddgan.z_dim, generator=generator, callback=step)
         if return_trajectory:
             traj["x_t"].append(x_0.cpu())
-            return x_0, traj
-        return x_0
+            return self.decode(x_0), traj
+        return self.decode(x_0)

@@ -2,6 +2,12 @@
 
     python: train_ddgan("runs/ddgan", data="fashion-mnist", preset="small", minutes=8, T=4)
     shell:  trilemma train ddgan --data fashion-mnist --out runs/ddgan --minutes 8 --T 4
+    latent: trilemma train ddgan --autoencoder runs/ae --out runs/lddgan --minutes 20
+
+With ``--autoencoder`` the diffused variable is the autoencoder's scaled latent z₀ = s · μ_φ(x)
+(as the latent DDPM's, :mod:`trilemma.ldm.train`): the training set is encoded once through the
+latent cache, G and D work on c × h × h latents, and samples are decoded; the run keeps a copy of
+the autoencoder in ``RUN/autoencoder`` (its SHA-256 in ``config.json["autoencoder"]``).
 
 One *step* of the shared loop (:func:`trilemma.train.loop.fit`) is one iteration of the paper's
 training: on a minibatch x₀,
@@ -26,13 +32,16 @@ from typing import Any
 
 import torch
 
+from trilemma.autoencoder.cache import cached_latents
+from trilemma.autoencoder.run import AUTOENCODER_DIR, load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
-from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig
+from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig, latent_preset
 from trilemma.ddgan.config import preset as ddgan_preset
 from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
 from trilemma.ddgan.losses import discriminator_terms, generator_terms
 from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
 from trilemma.errors import TrilemmaError
+from trilemma.ldm.train import LatentSource, autoencoder_info, copy_autoencoder, ldm_data_config
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
 from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
@@ -53,12 +62,27 @@ NET_OVERRIDES = ("base_channels", "d_channels")
 
 
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
-    data = data_config(values)
     ddgan = build(DDGANConfig, values)
-    model = ddgan_preset(values["preset"], data.image_size, data.channels, **overrides(values, NET_OVERRIDES))
+    nets = overrides(values, NET_OVERRIDES)
+    if values.get("autoencoder") is None:                          # pixel space
+        if values.get("data") is None:
+            raise TrilemmaError("--data: required (a dataset, or --autoencoder RUN_AE to train on its latents)")
+        data = data_config(values)
+        model, ae_info = ddgan_preset(values["preset"], data.image_size, data.channels, **nets), None
+    else:                                                           # on the scaled latents of an autoencoder
+        ae = load_autoencoder(values["autoencoder"], device="cpu")
+        data = ldm_data_config(ae, values.get("data"), {k: values.get(k) for k in ("image_size", "channels", "hflip")})
+        c, h, _ = ae.latent_shape
+        model, ae_info = latent_preset(values["preset"], h, c, **nets), autoencoder_info(ae)
     dataset = load_dataset(data, "train")                       # validate the data before creating the folder
-    config = run_config("ddgan", values, data, model, ddgan=ddgan)
+    config = run_config("ddgan", values, data, model, ddgan=ddgan, autoencoder=ae_info)
     return config, dataset
+
+
+def on_create(out: Path, values: dict[str, Any]) -> None:
+    """A latent run keeps its own copy of the autoencoder (checked by SHA-256 whenever it is loaded)."""
+    if values.get("autoencoder") is not None:
+        copy_autoencoder(load_autoencoder(values["autoencoder"], device="cpu"), out / AUTOENCODER_DIR)
 
 
 def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
@@ -118,9 +142,25 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     opt_d = adamw([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}], train_,
                   lr=ddgan.lr_d, betas=betas)                           # the loop sets lr = lr_scale · lr_at(…)
 
+    ae, space = None, "pixels"
+    if config.get("autoencoder"):                                        # x₀ = s · μ_φ(image), encoded once
+        ae = run_autoencoder(out, config, device)
+        cached = cached_latents(ae, dataset, progress=progress)
+        latents = cached.latents                                          # (N, c, h, w), unscaled μ
+        flipped = cached_latents(ae, dataset, flipped=True, progress=progress).latents if s.data.hflip else None
+        c, h, w = ae.latent_shape
+        space = (f"{c}×{h}×{w} latents (f = {ae.model_config.factor}, scale factor {ae.scale_factor:.4g}; "
+                 f"{'read from the cache' if cached.reused else 'encoded and cached'})")
+
     def batch(indices: torch.Tensor, generator: torch.Generator):
-        x, _ = dataset.batch(indices, generator)                         # (B, C, H, W) in [-1, 1]
-        return x.to(device, non_blocking=True), {}
+        if ae is None:
+            x, _ = dataset.batch(indices, generator)                     # (B, C, H, W) in [-1, 1]
+            return x.to(device, non_blocking=True), {}
+        z = latents[indices]                                             # (B, c, h, w)
+        if flipped is not None:                                          # --hflip: the mirrored image's latent
+            flip = torch.rand(len(indices), generator=generator) < 0.5
+            z = torch.where(flip[:, None, None, None], flipped[indices], z)
+        return (z * ae.scale_factor).to(device, non_blocking=True), {}  # unit variance on the training set
 
     def step(draw, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
         x_0, _ = draw()
@@ -135,8 +175,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         was_training = sampling_net.training
         sampling_net.eval()
         g = torch.Generator().manual_seed(4321)                          # its own RNG: training RNGs untouched
-        images = ddgan_sample(sampling_net, x_T_preview.to(device), schedule, ddgan.z_dim, generator=g)
-        save_grid(images, out / "samples" / f"step_{at_step:07d}.png")
+        x_0 = ddgan_sample(sampling_net, x_T_preview.to(device), schedule, ddgan.z_dim, generator=g)
+        save_grid(x_0 if ae is None else ae.decode(x_0), out / "samples" / f"step_{at_step:07d}.png")
         sampling_net.train(was_training)
 
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
@@ -145,17 +185,19 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
                       describe=f"training DDGAN (T = {ddgan.T}; G {count_parameters(G) / 1e6:.2f}M, "
                                f"D {count_parameters(D) / 1e6:.2f}M parameters; R1 γ = {ddgan.r1_gamma} every "
                                f"{ddgan.lazy_reg} D step(s)) on {dataset.name} "
-                               f"({len(dataset)} images {'x'.join(map(str, dataset.image_shape))})")
+                               f"({len(dataset)} images {'x'.join(map(str, dataset.image_shape))}; in {space})")
     return Built(trainer, train_, len(dataset), device)
 
 
 SPEC = TrainSpec(kind="ddgan", help="train a denoising diffusion GAN (T large steps, each a conditional GAN; "
                  "docs/methods.md §11); a step = one D and one G update", desc="DDGAN",
-                 options=(DataConfig, TrainConfig, DDGANConfig), overrides={DDGANNetConfig: NET_OVERRIDES},
+                 options=(DataConfig, TrainConfig, DDGANConfig, LatentSource),
+                 overrides={DDGANNetConfig: NET_OVERRIDES},
                  # The paper: G's lr 1.6e-4, batch 64 on CIFAR-10, no warm-up or clipping, EMA 0.9999 (0.999 here:
                  # a CPU run of minutes is a few thousand steps, which a 0.9999 average would barely leave).
-                 defaults={"lr": 1.6e-4, "batch_size": 64, "warmup_steps": 0, "grad_clip": 0.0, "ema_decay": 0.999},
-                 new_config=new_config, build=build_trainer)
+                 defaults={"lr": 1.6e-4, "batch_size": 64, "warmup_steps": 0, "grad_clip": 0.0, "ema_decay": 0.999,
+                           "data": None},
+                 new_config=new_config, build=build_trainer, on_create=on_create)
 
 
 def train_ddgan(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, file_digest
+from trilemma.autoencoder.run import run_autoencoder
 from trilemma.ddpm.run import DiffusionRun
 from trilemma.errors import RunError
-from trilemma.run import read_run_config
 
 
 class LatentDiffusionRun(DiffusionRun):
@@ -34,14 +33,7 @@ class LatentDiffusionRun(DiffusionRun):
 
     def __init__(self, path: Path, config: dict[str, Any], device: torch.device, weights: str = "auto"):
         super().__init__(path, config, device, weights)
-        ae_dir = self.path / AUTOENCODER_DIR
-        if not (ae_dir / "config.json").is_file():
-            raise RunError(f"{path}: its copy of the autoencoder ({ae_dir}) is missing; the run cannot decode")
-        self.autoencoder = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
-        expected = config["autoencoder"]["digest"]
-        if file_digest(self.autoencoder.weights_path) != expected:
-            raise RunError(f"{self.autoencoder.weights_path}: not the autoencoder this run was trained with "
-                           f"(SHA-256 differs from config.json); restore the original file")
+        self.autoencoder = run_autoencoder(self.path, config, device)
         if self.autoencoder.latent_shape != super().x_shape:
             raise RunError(f"{path}/config.json: the U-Net's input {super().x_shape} does not match the "
                            f"autoencoder's latents {self.autoencoder.latent_shape}")

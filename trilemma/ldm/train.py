@@ -21,17 +21,16 @@ from typing import Any
 import torch
 
 from trilemma.autoencoder.cache import cached_latents
-from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, file_digest, load_autoencoder
+from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.ddpm.train import UNET_OVERRIDES, class_dropout, preview_samples
 from trilemma.diffusion.losses import diffusion_loss
 from trilemma.diffusion.schedule import make_schedule
-from trilemma.errors import RunError, TrilemmaError
+from trilemma.errors import TrilemmaError
 from trilemma.ldm.config import latent_unet_preset
 from trilemma.nets.unet import UNet, UNetConfig, count_parameters
 from trilemma.options import build, opt, overrides
-from trilemma.run import read_run_config
 from trilemma.train.common import TrainConfig, adamw
 from trilemma.train.family import Built, TrainSpec, read_stored, run_config, train
 from trilemma.train.loop import FitResult, Trainer, single_optimizer_step
@@ -103,10 +102,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     s = read_stored(out, config, dataset, model=UNetConfig, diffusion=DiffusionConfig)
     train_, device, dataset, unet_config, diffusion = s.train, s.device, s.dataset, s["model"], s["diffusion"]
     data_config = s.data
-    ae_dir = out / AUTOENCODER_DIR
-    ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
-    if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
-        raise RunError(f"{ae.weights_path}: not the autoencoder this run was started with (SHA-256 differs)")
+    ae = run_autoencoder(out, config, device)
     cached = cached_latents(ae, dataset, progress=progress)                  # (N, c, h, w), unscaled μ
     latents = cached.latents
     flipped = cached_latents(ae, dataset, flipped=True, progress=progress).latents if data_config.hflip else None

@@ -68,16 +68,9 @@ def load_space(path: Path, config: dict[str, Any], text: T2IConfig, device: torc
     """The run's PixelSpace, or its autoencoder (checked against the SHA-256 in config.json)."""
     if not config.get("autoencoder"):
         return PixelSpace(text.patch)
-    from trilemma.autoencoder.run import AutoencoderRun, file_digest
-    from trilemma.run import read_run_config
+    from trilemma.autoencoder.run import run_autoencoder
 
-    ae_dir = path / AUTOENCODER_DIR
-    if not (ae_dir / "config.json").is_file():
-        raise RunError(f"{path}: its copy of the autoencoder ({ae_dir}) is missing; the run cannot decode")
-    ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
-    if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
-        raise RunError(f"{ae.weights_path}: not the autoencoder this run was trained with (SHA-256 differs)")
-    return ae
+    return run_autoencoder(path, config, device)
 
 
 def prompt_list(prompt: str | Sequence[str] | None, n: int) -> list[str]:
