@@ -90,3 +90,26 @@ def cached_latents(autoencoder: AutoencoderRun, dataset: ImageDataset, *, flippe
     save_tensors(path, {"latents": latents}, metadata={"key": key, "autoencoder": str(autoencoder.path),
                                                        "dataset": dataset.config.name, "split": dataset.split})
     return CachedLatents(latents, path, False, time.perf_counter() - t0)
+
+
+class TrainingLatents:
+    """The scaled latents z₀ = s · μ_φ(x) of a training set, as a latent run's batches draw them.
+
+    The unscaled μ come from :func:`cached_latents` (encoded once); with ``hflip`` each image of a
+    batch is replaced by its mirror's latent with probability ½ (drawn from the batch's generator),
+    the latent counterpart of the pixel runs' random flips.
+    """
+
+    def __init__(self, autoencoder: AutoencoderRun, dataset: ImageDataset, hflip: bool, progress: bool = True):
+        self.cached = cached_latents(autoencoder, dataset, progress=progress)
+        self.latents = self.cached.latents                                           # (N, c, h, w)
+        self.flipped = cached_latents(autoencoder, dataset, flipped=True, progress=progress).latents if hflip else None
+        self.scale = autoencoder.scale_factor
+
+    def batch(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """z₀ of the images ``indices`` (B, c, h, w), float32 on the CPU, unit variance on the training set."""
+        z = self.latents[indices]
+        if self.flipped is not None:
+            flip = torch.rand(len(indices), generator=generator) < 0.5
+            z = torch.where(flip[:, None, None, None], self.flipped[indices], z)
+        return z * self.scale

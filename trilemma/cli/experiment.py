@@ -88,8 +88,8 @@ def add_latent_vs_pixel(sub) -> None:
 
 
 def add_trilemma(sub) -> None:
-    p = subparser(sub, "trilemma", "VAE, GAN, DDPM, latent DDPM and DDGAN under the same wall-clock budget: "
-                  "FID, precision, recall, coverage, NFE and images/s in one table and one quality-vs-speed plot")
+    p = subparser(sub, "trilemma", "VAE, GAN, DDPM, latent DDPM, DDGAN and latent DDGAN under the same wall-clock "
+                  "budget: FID, precision, recall, coverage, NFE and images/s in one table and one quality-vs-speed plot")
     p.add_argument("--data", help="dataset name or image folder (default fashion-mnist)")
     p.add_argument("--out", required=True, help="folder for the runs, trilemma.md, results.json and trilemma.png")
     budget = p.add_mutually_exclusive_group()

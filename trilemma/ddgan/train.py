@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from trilemma.autoencoder.cache import cached_latents
+from trilemma.autoencoder.cache import TrainingLatents
 from trilemma.autoencoder.run import AUTOENCODER_DIR, load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig, latent_preset
@@ -145,22 +145,16 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     ae, space = None, "pixels"
     if config.get("autoencoder"):                                        # x₀ = s · μ_φ(image), encoded once
         ae = run_autoencoder(out, config, device)
-        cached = cached_latents(ae, dataset, progress=progress)
-        latents = cached.latents                                          # (N, c, h, w), unscaled μ
-        flipped = cached_latents(ae, dataset, flipped=True, progress=progress).latents if s.data.hflip else None
+        latents = TrainingLatents(ae, dataset, s.data.hflip, progress)
         c, h, w = ae.latent_shape
         space = (f"{c}×{h}×{w} latents (f = {ae.model_config.factor}, scale factor {ae.scale_factor:.4g}; "
-                 f"{'read from the cache' if cached.reused else 'encoded and cached'})")
+                 f"{'read from the cache' if latents.cached.reused else 'encoded and cached'})")
 
     def batch(indices: torch.Tensor, generator: torch.Generator):
         if ae is None:
             x, _ = dataset.batch(indices, generator)                     # (B, C, H, W) in [-1, 1]
             return x.to(device, non_blocking=True), {}
-        z = latents[indices]                                             # (B, c, h, w)
-        if flipped is not None:                                          # --hflip: the mirrored image's latent
-            flip = torch.rand(len(indices), generator=generator) < 0.5
-            z = torch.where(flip[:, None, None, None], flipped[indices], z)
-        return (z * ae.scale_factor).to(device, non_blocking=True), {}  # unit variance on the training set
+        return latents.batch(indices, generator).to(device, non_blocking=True), {}   # z₀ = s · μ_φ(x)
 
     def step(draw, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
         x_0, _ = draw()

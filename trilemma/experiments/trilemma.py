@@ -1,4 +1,4 @@
-"""The generative learning trilemma, measured: five families under one wall-clock budget (docs/methods.md §9, §11).
+"""The generative learning trilemma, measured: six models under one wall-clock budget (docs/methods.md §9, §11).
 
     trilemma experiment trilemma --data fashion-mnist --minutes 8 --out DIR [--preset small] [--n 1000]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from trilemma.autoencoder.cache import cached_latents
+from trilemma.autoencoder.cache import TrainingLatents
 from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddpm.config import DiffusionConfig
@@ -103,21 +103,14 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     train_, device, dataset, unet_config, diffusion = s.train, s.device, s.dataset, s["model"], s["diffusion"]
     data_config = s.data
     ae = run_autoencoder(out, config, device)
-    cached = cached_latents(ae, dataset, progress=progress)                  # (N, c, h, w), unscaled μ
-    latents = cached.latents
-    flipped = cached_latents(ae, dataset, flipped=True, progress=progress).latents if data_config.hflip else None
-    scale = ae.scale_factor
+    latents = TrainingLatents(ae, dataset, data_config.hflip, progress)        # z₀ = s · μ_φ(x), μ encoded once
     schedule = make_schedule(diffusion.schedule)
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = UNet(unet_config)
     opt_ = adamw(model.parameters(), train_)                   # fused on CUDA
 
     def batch_fn(indices: torch.Tensor, generator: torch.Generator):
-        z = latents[indices]                                               # (B, c, h, w)
-        if flipped is not None:                                            # --hflip: the mirrored image's latent
-            flip = torch.rand(len(indices), generator=generator) < 0.5
-            z = torch.where(flip[:, None, None, None], flipped[indices], z)
-        z_0 = (z * scale).to(device, non_blocking=True)                    # unit variance on the training set
+        z_0 = latents.batch(indices, generator).to(device, non_blocking=True)   # (B, c, h, w), unit variance
         if not diffusion.class_cond:
             return z_0, {}
         return z_0, {"y": class_dropout(dataset.labels[indices], diffusion.cond_drop,
@@ -134,12 +127,12 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         save_grid(ae.decode(z), out / "samples" / f"step_{step:07d}.png")
 
     c, h, w = ae.latent_shape
-    how = "read from the cache" if cached.reused else "encoded and cached"
+    how = "read from the cache" if latents.cached.reused else "encoded and cached"
     trainer = Trainer(nets={"model": model}, optimizers={"opt": opt_}, batch=batch_fn,
                       step=single_optimizer_step(model, opt_, loss_fn, train_, device), preview=preview,
                       describe=f"training a latent DDPM ({count_parameters(model) / 1e6:.2f}M parameters) on "
                                f"{c}×{h}×{w} latents of {dataset.name} ({len(dataset)} images, {how} in "
-                               f"{cached.seconds:.1f} s; scale factor {scale:.4g})")
+                               f"{latents.cached.seconds:.1f} s; scale factor {latents.scale:.4g})")
     return Built(trainer, train_, len(dataset), device)
 
 
