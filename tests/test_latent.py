@@ -356,3 +356,24 @@ def test_both_phases_on_an_rgb_image_folder(cache, tmp_path, capsys):
     assert code == 0, err
     assert np.load(tmp_path / "s.npz")["images"].shape == (3, 16, 16, 3)
     assert len(list((cache / "latents").glob("shapes-train-flipped-*.safetensors"))) == 1   # --hflip: mirrored latents
+
+
+def test_training_latents_are_scaled_and_hflip_draws_the_mirrors_latent(ae_dir):
+    from trilemma.autoencoder.cache import TrainingLatents
+
+    ae = load_autoencoder(ae_dir, device="cpu")
+    dataset = load_dataset(ae.data_config, "train")
+    indices = torch.arange(40)
+    plain = TrainingLatents(ae, dataset, hflip=False, progress=False)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(plain.batch(indices, g), plain.latents[indices] * ae.scale_factor)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())    # no draw without --hflip
+    flipping = TrainingLatents(ae, dataset, hflip=True, progress=False)
+    with torch.no_grad():
+        mirrored = ae.posterior_mean(dataset.batch(indices)[0].flip(-1)).float()
+    assert torch.allclose(flipping.flipped[indices], mirrored, atol=1e-5)
+    z = flipping.batch(indices, torch.Generator().manual_seed(3))
+    flip = torch.rand(40, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert 0 < flip.sum() < 40
+    expected = torch.where(flip[:, None, None, None], mirrored, plain.latents[indices]) * ae.scale_factor
+    assert torch.allclose(z, expected, atol=1e-5)
