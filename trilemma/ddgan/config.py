@@ -7,10 +7,12 @@ the maths is in docs/methods.md §11.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from trilemma.diffusion.schedule import SCHEDULES
 from trilemma.errors import TrilemmaError
+from trilemma.ldm.config import MIN_LEVEL_SIZE
 from trilemma.options import check_fields, in_range, int_in, nonneg, opt, positive
 
 DDGAN_SCHEDULES: tuple[str, ...] = ("vp",) + SCHEDULES
@@ -94,6 +96,14 @@ class DDGANNetConfig:
     d_channels: int = opt(64, "discriminator: widths 2, 4, 8 × this (overrides the preset's)",
                           check=int_in(1, 4096))
 
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """G's spatial size at each level: image_size, ⌈/2⌉, ⌈/4⌉, …"""
+        sizes = [self.image_size]
+        for _ in self.channel_mults[1:]:
+            sizes.append(math.ceil(sizes[-1] / 2))
+        return tuple(sizes)
+
     def __post_init__(self):
         check_fields(self)
         if not isinstance(self.image_size, int) or self.image_size < 4:
@@ -130,8 +140,6 @@ def preset(name: str, image_size: int, channels: int, **overrides) -> DDGANNetCo
     return replace(config, **overrides) if overrides else config
 
 
-MIN_LEVEL_SIZE = 4      # in latent space, G's levels stop once they would be smaller than this
-
 
 def latent_preset(name: str, latent_size: int, latent_channels: int, **overrides) -> DDGANNetConfig:
     """The preset ``name`` for a DDGAN on an autoencoder's scaled latents (c × h × h).
@@ -145,10 +153,6 @@ def latent_preset(name: str, latent_size: int, latent_channels: int, **overrides
                             f"at least {MIN_LEVEL_SIZE}×{MIN_LEVEL_SIZE}): use a smaller --factor or a larger "
                             f"--image-size for the autoencoder")
     config = preset(name, latent_size, latent_channels, tanh=False)
-    sizes, size = [], latent_size
-    for _ in config.channel_mults:
-        sizes.append(size)
-        size = -(-size // 2)
-    keep = max(1, sum(1 for s in sizes if s >= MIN_LEVEL_SIZE))
+    keep = sum(1 for size in config.resolutions if size >= MIN_LEVEL_SIZE)
     config = replace(config, channel_mults=config.channel_mults[:keep])
     return replace(config, **overrides) if overrides else config

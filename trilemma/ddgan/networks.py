@@ -86,13 +86,6 @@ class AdaGNResBlock(nn.Module):
         return self.skip(x) + h
 
 
-def _resolutions(image_size: int, levels: int) -> list[int]:
-    sizes = [image_size]
-    for _ in range(levels - 1):
-        sizes.append(math.ceil(sizes[-1] / 2))
-    return sizes
-
-
 class DDGANGenerator(nn.Module):
     """x̂₀ = G(x_t, z, t): a U-Net with adaptive GroupNorm; see the module docstring.
 

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from trilemma.autoencoder.cache import TrainingLatents
-from trilemma.autoencoder.run import AUTOENCODER_DIR, load_autoencoder, run_autoencoder
+from trilemma.autoencoder.run import load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig, latent_preset
 from trilemma.ddgan.config import preset as ddgan_preset
@@ -41,7 +41,7 @@ from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
 from trilemma.ddgan.losses import discriminator_terms, generator_terms
 from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
 from trilemma.errors import TrilemmaError
-from trilemma.ldm.train import LatentSource, autoencoder_info, copy_autoencoder, ldm_data_config
+from trilemma.ldm.train import LatentSource, autoencoder_info, keep_autoencoder_copy, ldm_data_config
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
 from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
@@ -77,12 +77,6 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     dataset = load_dataset(data, "train")                       # validate the data before creating the folder
     config = run_config("ddgan", values, data, model, ddgan=ddgan, autoencoder=ae_info)
     return config, dataset
-
-
-def on_create(out: Path, values: dict[str, Any]) -> None:
-    """A latent run keeps its own copy of the autoencoder (checked by SHA-256 whenever it is loaded)."""
-    if values.get("autoencoder") is not None:
-        copy_autoencoder(load_autoencoder(values["autoencoder"], device="cpu"), out / AUTOENCODER_DIR)
 
 
 def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
@@ -191,7 +185,7 @@ SPEC = TrainSpec(kind="ddgan", help="train a denoising diffusion GAN (T large st
                  # a CPU run of minutes is a few thousand steps, which a 0.9999 average would barely leave).
                  defaults={"lr": 1.6e-4, "batch_size": 64, "warmup_steps": 0, "grad_clip": 0.0, "ema_decay": 0.999,
                            "data": None},
-                 new_config=new_config, build=build_trainer, on_create=on_create)
+                 new_config=new_config, build=build_trainer, on_create=keep_autoencoder_copy)
 
 
 def train_ddgan(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:

@@ -93,9 +93,11 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     return config, dataset
 
 
-def on_create(out: Path, values: dict[str, Any]) -> None:
-    """A new run keeps its own copy of the autoencoder (checked by SHA-256 whenever it is loaded)."""
-    copy_autoencoder(load_autoencoder(values["autoencoder"], device="cpu"), out / AUTOENCODER_DIR)
+def keep_autoencoder_copy(out: Path, values: dict[str, Any]) -> None:
+    """``on_create`` of a latent run (ldm, latent t2i, latent DDGAN): the new run keeps its own copy of the
+    ``--autoencoder`` it was given (checked by SHA-256 whenever it is loaded); nothing without one."""
+    if values.get("autoencoder") is not None:
+        copy_autoencoder(load_autoencoder(values["autoencoder"], device="cpu"), out / AUTOENCODER_DIR)
 
 
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
@@ -141,7 +143,7 @@ SPEC = TrainSpec(kind="ldm", desc="latent DDPM",
                       "encoded once and cached)",
                  options=(DataConfig, TrainConfig, DiffusionConfig, LatentSource),
                  overrides={UNetConfig: UNET_OVERRIDES}, defaults={"lr": 1e-3, "data": None},
-                 new_config=new_config, build=build_trainer, on_create=on_create)
+                 new_config=new_config, build=build_trainer, on_create=keep_autoencoder_copy)
 
 
 def train_ldm(out: str | os.PathLike, *, resume: bool = False, progress: bool = True, **options: Any) -> FitResult:

@@ -38,8 +38,6 @@ from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder
 from trilemma.t2i.networks import t2i_network
 
-AUTOENCODER_DIR = "autoencoder"
-
 
 class PixelSpace:
     """Pixels in p × p patches: x (B, C, H, W) ↔ z (B, C·p², H/p, W/p), exactly invertible."""

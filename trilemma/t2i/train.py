@@ -34,14 +34,14 @@ from trilemma.diffusion.samplers import ddim_sample, ddim_timesteps
 from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import DataError, TrilemmaError
 from trilemma.ldm.config import latent_unet_preset
-from trilemma.ldm.train import LatentSource, autoencoder_info, copy_autoencoder, ldm_data_config
+from trilemma.ldm.train import LatentSource, autoencoder_info, keep_autoencoder_copy, ldm_data_config
 from trilemma.nets.unet import UNetConfig, count_parameters
 from trilemma.options import build, overrides
 from trilemma.t2i.config import T2IConfig
 from trilemma.t2i.encoder import TextEncoder, get_encoder, pad_tokens
 from trilemma.t2i.networks import describe_recipe, t2i_network
 from trilemma.t2i.recipe import T2IRecipe, is_recipe_run, resume_folder, train_latent_recipe
-from trilemma.t2i.run import AUTOENCODER_DIR, PixelSpace, load_space, pixel_shape, text_conditioning
+from trilemma.t2i.run import PixelSpace, load_space, pixel_shape, text_conditioning
 from trilemma.train.common import TrainConfig, adamw
 from trilemma.train.family import (
     Built,
@@ -111,11 +111,6 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     model = t2i_unet_preset(values["preset"], h, c, encoder.width, **heads, **overrides(values, T2I_OVERRIDES))
     config = run_config("t2i", values, data, model, diffusion=diffusion, text=text, autoencoder=ae_info)
     return config, dataset
-
-
-def on_create(out: Path, values: dict[str, Any]) -> None:
-    if values.get("autoencoder") is not None:
-        copy_autoencoder(load_autoencoder(values["autoencoder"], device="cpu"), out / AUTOENCODER_DIR)
 
 
 class CaptionTable:
@@ -248,5 +243,5 @@ SPEC = TrainSpec(kind="t2i", desc="text-to-image",
                  options=(DataConfig, TrainConfig, DiffusionConfig, T2IConfig, LatentSource),
                  overrides={UNetConfig: T2I_OVERRIDES}, extra=(T2IRecipe,),
                  defaults={"lr": 1e-3, "batch_size": 64, "data": "shapes", "patch": None},
-                 new_config=new_config, build=build_trainer, on_create=on_create,
+                 new_config=new_config, build=build_trainer, on_create=keep_autoencoder_copy,
                  runner=train_t2i, resume_folder=resume_folder)
