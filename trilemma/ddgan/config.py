@@ -7,12 +7,12 @@ the maths is in docs/methods.md §11.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from trilemma.diffusion.schedule import SCHEDULES
 from trilemma.errors import TrilemmaError
 from trilemma.ldm.config import MIN_LEVEL_SIZE
+from trilemma.nets.unet import level_sizes
 from trilemma.options import check_fields, in_range, int_in, nonneg, opt, positive
 
 DDGAN_SCHEDULES: tuple[str, ...] = ("vp",) + SCHEDULES
@@ -99,10 +99,7 @@ class DDGANNetConfig:
     @property
     def resolutions(self) -> tuple[int, ...]:
         """G's spatial size at each level: image_size, ⌈/2⌉, ⌈/4⌉, …"""
-        sizes = [self.image_size]
-        for _ in self.channel_mults[1:]:
-            sizes.append(math.ceil(sizes[-1] / 2))
-        return tuple(sizes)
+        return level_sizes(self.image_size, len(self.channel_mults))
 
     def __post_init__(self):
         check_fields(self)

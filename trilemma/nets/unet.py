@@ -41,6 +41,14 @@ from trilemma.nets.layers import (
 )
 
 
+def level_sizes(image_size: int, levels: int) -> tuple[int, ...]:
+    """Spatial size of each of ``levels`` levels that halve the map (rounding up): image_size, ⌈/2⌉, ⌈/4⌉, …"""
+    sizes = [image_size]
+    for _ in range(levels - 1):
+        sizes.append(math.ceil(sizes[-1] / 2))
+    return tuple(sizes)
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Every option of the U-Net; stored in ``config.json`` beside the weights."""
@@ -74,10 +82,7 @@ class UNetConfig:
     @property
     def resolutions(self) -> tuple[int, ...]:
         """Spatial size of each level: image_size, ⌈/2⌉, ⌈/4⌉, …"""
-        sizes = [self.image_size]
-        for _ in self.channel_mults[1:]:
-            sizes.append(math.ceil(sizes[-1] / 2))
-        return tuple(sizes)
+        return level_sizes(self.image_size, len(self.channel_mults))
 
 
 def preset(name: str, image_size: int, in_channels: int, **overrides) -> UNetConfig:
