@@ -383,6 +383,7 @@ def test_sampling_with_a_real_generator_is_reproducible():
     (dict(schedule="linear", base_T=3, T=4), "--base-T"),
     (dict(r1_gamma=-1.0), "--r1-gamma"),
     (dict(lazy_reg=0), "--lazy-reg"),
+    (dict(d_steps=0), "--d-steps"),
     (dict(z_dim=0), "--z-dim"),
     (dict(lr_d=-1.0), "--lr-d"),
     (dict(beta2=1.0), "--beta2"),

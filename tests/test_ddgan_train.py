@@ -12,6 +12,7 @@ from trilemma.cli.main import main
 from trilemma.ddgan import DDGANConfig, DDGANDiscriminator, ddgan_schedule, preset
 from trilemma.ddgan.networks import DDGANGenerator
 from trilemma.ddgan.run import DDGANRun
+from trilemma.ddgan.losses import discriminator_terms, generator_terms
 from trilemma.ddgan.train import ddgan_iteration, train_ddgan
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions
@@ -65,6 +66,43 @@ def test_one_iteration_updates_D_then_G_with_D_frozen():
     assert terms["r1"] > 0 and 0 < terms["d_real"] < 1 and 0 < terms["d_fake"] < 1
     # the loss is −log D(fake) at the G step: softplus(−logit) ≥ 0; D's non-saturating loss near 2·log 2 at init
     assert terms["loss_g"] > 0 and abs(float(terms["loss_d"]) - 2 * torch.log(torch.tensor(2.0))) < 0.5
+
+
+def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
+    """--d-steps 2: bit-equal to two hand-made D updates (R1 by the lazy schedule) and then one G update."""
+    cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2)
+    net = preset("tiny", 8, 1)
+    schedule = ddgan_schedule(cfg)
+    x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
+
+    def fresh():
+        torch.manual_seed(0)
+        G, D = DDGANGenerator(net, cfg.z_dim), DDGANDiscriminator(net)
+        return (G, D, torch.optim.Adam(G.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)),
+                torch.optim.Adam(D.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)))
+
+    G, D, opt_g, opt_d = fresh()
+    terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1))
+
+    G2, D2, opt_g2, opt_d2 = fresh()
+    noise = torch.Generator().manual_seed(1)
+    d_real = []
+    for gamma in (0.5, 0.0):                               # lazy_reg 2: R1 on the first D update only
+        d_terms = discriminator_terms(G2, D2, schedule, x_0, cfg.z_dim, gamma, noise)
+        opt_d2.zero_grad(set_to_none=True)
+        d_terms["loss"].mean().backward()
+        opt_d2.step()
+        d_real.append(d_terms["d_real"].mean())
+    D2.requires_grad_(False)
+    g_terms = generator_terms(G2, D2, schedule, x_0, cfg.z_dim, noise)
+    opt_g2.zero_grad(set_to_none=True)
+    g_terms["loss"].mean().backward()
+    opt_g2.step()
+
+    assert all(torch.equal(a, b) for a, b in zip(D.parameters(), D2.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(G.parameters(), G2.parameters()))
+    assert opt_d.state[next(iter(D.parameters()))]["step"] == 2 and float(terms["r1"]) == 0.0   # last update's
+    assert torch.equal(terms["d_real"], d_real[1]) and not torch.equal(d_real[0], d_real[1])
 
 
 # ------------------------------------------------------------------------------------------ training

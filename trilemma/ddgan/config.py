@@ -54,6 +54,8 @@ class DDGANConfig:
                           check=nonneg)
     lazy_reg: int = opt(1, "apply R1 on every k-th discriminator step, unscaled as the paper's code (CIFAR-10: 15)",
                         check=int_in(1, 10_000))
+    d_steps: int = opt(1, "discriminator updates per generator update, each on fresh pairs of the step's batch "
+                            "(paper: 1)", check=int_in(1, 100))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
     # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
     # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).

@@ -12,7 +12,7 @@ the autoencoder in ``RUN/autoencoder`` (its SHA-256 in ``config.json["autoencode
 One *step* of the shared loop (:func:`trilemma.train.loop.fit`) is one iteration of the paper's
 training: on a minibatch x₀,
 
-1. a D update: real pairs (x_{t−1}, x_t) ~ q against fake pairs (x′_{t−1} ~ q(x_{t−1}|x_t, x̂₀),
+1. a D update (``--d-steps`` of them, each on fresh t, pairs and z from the same x₀): real pairs (x_{t−1}, x_t) ~ q against fake pairs (x′_{t−1} ~ q(x_{t−1}|x_t, x̂₀),
    x̂₀ = G(x_t, z, t) without gradients), the non-saturating cost plus R1 on the real pairs
    (every ``--lazy-reg`` D updates, :meth:`DDGANConfig.r1_gamma_at`);
 2. a G update with D frozen, on fresh t, fresh pairs and fresh z from the same x₀.
@@ -91,21 +91,22 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
                     opt_d: torch.optim.Optimizer, schedule, x_0: torch.Tensor, ddgan: DDGANConfig,
                     noise: torch.Generator | None = None, grad_clip: float = 0.0,
                     bf16: bool = False) -> dict[str, torch.Tensor]:
-    """One D update then one G update with D frozen (paper §3.3, Alg. of its code); returns 0-d/per-sample stats.
+    """``ddgan.d_steps`` D updates then one G update with D frozen (paper §3.3: one each); returns 0-d stats.
 
     The D update minimises mean(−log D(real) − log(1 − D(fake)) + R1), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
     pairs with γ = ``ddgan.r1_gamma_at(d_updates_done(opt_d))``; the G update minimises the mean of the
     non-saturating −log D(fake) on fresh pairs (docs/methods.md §11).
     """
     device = x_0.device
-    gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
-    with autocast(device, bf16):
-        d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise)
-    loss_d = d_terms["loss"].float().mean()
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    grad_norm_d = grad_norm_and_clip(D.parameters(), grad_clip)
-    opt_d.step()
+    for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
+        gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
+        with autocast(device, bf16):
+            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise)
+        loss_d = d_terms["loss"].float().mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        grad_norm_d = grad_norm_and_clip(D.parameters(), grad_clip)
+        opt_d.step()
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
@@ -172,7 +173,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
                       plot=(("loss_d", "loss_g"), f"{out.name}: DDGAN D and G losses (T = {ddgan.T})"),
                       describe=f"training DDGAN (T = {ddgan.T}; G {count_parameters(G) / 1e6:.2f}M, "
                                f"D {count_parameters(D) / 1e6:.2f}M parameters; R1 γ = {ddgan.r1_gamma} every "
-                               f"{ddgan.lazy_reg} D step(s)) on {dataset.name} "
+                               f"{ddgan.lazy_reg} D step(s); {ddgan.d_steps} D update(s) per G update) on {dataset.name} "
                                f"({len(dataset)} images {'x'.join(map(str, dataset.image_shape))}; in {space})")
     return Built(trainer, train_, len(dataset), device)
 
