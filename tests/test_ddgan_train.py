@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,6 +135,20 @@ def test_run_folder_samples_with_T_network_calls_and_is_loaded_by_load_run(tmp_p
     assert torch.equal(x_0, b) and traj["t"] == [2, 1] and len(traj["x_t"]) == 3 and len(traj["x0_hat"]) == 2
     assert torch.equal(traj["x_t"][-1], x_0) and torch.equal(traj["x0_hat"][-1], x_0)   # t = 1: x_0 = x̂₀
     assert isinstance(r.discriminator(), DDGANDiscriminator)
+
+
+def test_bench_fresh_discriminator_scores_the_runs_D_and_a_fresh_one_per_t(tmp_path):
+    """bench/ddgan_fresh_d.py: a fresh D trained against a barely trained G tells its t = 1 pairs apart."""
+    tiny(tmp_path / "dd", 2, T=2)
+    script = Path(__file__).resolve().parents[1] / "bench" / "ddgan_fresh_d.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), "--updates", "60", "--batch-size", "16",
+                           "--eval-batches", "4", "--json", str(tmp_path / "fresh.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "fresh.json").read_text())
+    assert set(result["trained"]) == set(result["fresh"]) == {"1", "2"} and result["updates"] == 60
+    assert all(0 <= v <= 1 for d in (result["trained"], result["fresh"]) for v in d.values())
+    assert result["fresh"]["1"] > 0.75 and "| fresh, 60 updates |" in done.stdout
 
 
 def test_d_learning_rate_follows_the_schedule_at_its_own_ratio(tmp_path):

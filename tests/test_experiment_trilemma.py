@@ -52,7 +52,7 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert [b["kind"] for b in results["lddgan"]["budget"]] == ["autoencoder", "ddgan"]
     lddgan = json.loads((out / "lddgan" / "config.json").read_text())
     assert lddgan["autoencoder"]["latent_shape"][0] > 1
-    assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 5e-4, 2)
+    assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 1e-3, 2)
     assert json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]["d_steps"] == 1   # the paper's
     assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "dpmpp-2m"
     table = (out / "trilemma.md").read_text()
