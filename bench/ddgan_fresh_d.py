@@ -21,36 +21,42 @@ from tqdm import tqdm
 
 from trilemma.autoencoder.cache import TrainingLatents
 from trilemma.data import DataConfig, load_dataset
-from trilemma.ddgan.diffusion import posterior_sample, q_sample_pairs, sample_t
-from trilemma.ddgan.losses import d_loss
+from trilemma.ddgan.losses import discriminator_terms
 from trilemma.ddgan.networks import DDGANDiscriminator
 from trilemma.ddgan.run import DDGANRun
 
 
-def pairs(run: DDGANRun, draw, batch: int, g: torch.Generator):
-    """One batch of real and fake pairs at random t: (x_prev, x_prev_fake, x_t, t)."""
-    x_0 = draw(torch.randint(0, draw.n, (batch,), generator=g), g)
-    t = sample_t(batch, run.schedule.T, "cpu", g)
-    x_prev, x_t = q_sample_pairs(run.schedule, x_0, t, g)
-    with torch.no_grad():
-        x0_hat = run.G(x_t, torch.randn(batch, run.ddgan.z_dim, generator=g), t)
-        x_prev_fake = posterior_sample(run.schedule, x0_hat, x_t, t, g)
-    return x_prev, x_prev_fake, x_t, t
+def pair_terms(D, run: DDGANRun, data: Data, batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """D's terms on one batch of real and fake pairs at random t (the trainer's own, without R1)."""
+    x_0 = data(torch.randint(0, data.n, (batch,), generator=g), g)
+    return discriminator_terms(run.G, D, run.schedule, x_0, run.ddgan.z_dim, 0.0, g)
 
 
 @torch.no_grad()
-def accuracy_per_t(D, run: DDGANRun, draw, batches: int, batch: int, seed: int) -> dict[int, float]:
-    """Fraction of real pairs with logit > 0 and fake pairs with logit < 0, per t (same pairs for every D)."""
+def accuracy_per_t(D, run: DDGANRun, data: Data, batches: int, batch: int, seed: int) -> dict[int, float]:
+    """Fraction of real pairs with D > ½ and fake pairs with D < ½, per t (the same pairs for every D)."""
     g = torch.Generator().manual_seed(seed)
     right = {t: [0, 0] for t in range(1, run.schedule.T + 1)}
     for _ in range(batches):
-        x_prev, x_fake, x_t, t = pairs(run, draw, batch, g)
-        ok = torch.cat([D(x_prev, x_t, t) > 0, D(x_fake, x_t, t) < 0])
-        for k in right:
-            m = torch.cat([t == k, t == k])
-            right[k][0] += int(ok[m].sum())
-            right[k][1] += int(m.sum())
+        terms = pair_terms(D, run, data, batch, g)
+        for k, counts in right.items():
+            m = terms["t"] == k
+            counts[0] += int((terms["d_real"][m] > 0.5).sum() + (terms["d_fake"][m] < 0.5).sum())
+            counts[1] += 2 * int(m.sum())
     return {k: r / max(n, 1) for k, (r, n) in right.items()}
+
+
+class Data:
+    """x₀ of training images by index: the scaled latents of a latent run, else the images."""
+
+    def __init__(self, run: DDGANRun, config: dict):
+        self.dataset = load_dataset(DataConfig(**config["data"]), "train")
+        self.latents = (TrainingLatents(run.autoencoder, self.dataset, hflip=False, progress=True)
+                        if run.autoencoder is not None else None)
+        self.n = len(self.dataset)
+
+    def __call__(self, indices: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.latents.batch(indices, g) if self.latents else self.dataset.batch(indices, g)[0]
 
 
 def main() -> None:
@@ -65,26 +71,19 @@ def main() -> None:
 
     config = json.loads((args.run / "config.json").read_text())
     run = DDGANRun(args.run, config, torch.device("cpu"))
-    dataset = load_dataset(DataConfig(**config["data"]), "train")
-    if run.autoencoder is not None:
-        latents = TrainingLatents(run.autoencoder, dataset, hflip=False, progress=True)
-        draw = lambda idx, g: latents.batch(idx, g)                               # noqa: E731
-    else:
-        draw = lambda idx, g: dataset.batch(idx, g)[0]                            # noqa: E731
-    draw.n = len(dataset)
+    data = Data(run, config)
 
-    trained = accuracy_per_t(run.discriminator(), run, draw, args.eval_batches, args.batch_size, args.seed + 1)
+    trained = accuracy_per_t(run.discriminator(), run, data, args.eval_batches, args.batch_size, args.seed + 1)
     torch.manual_seed(args.seed)
     D = DDGANDiscriminator(run.net_config).train()
     opt = torch.optim.Adam(D.parameters(), lr=run.ddgan.lr_d, betas=(run.ddgan.beta1, run.ddgan.beta2))
     g = torch.Generator().manual_seed(args.seed)
     for _ in tqdm(range(args.updates), desc="fresh D against the frozen G"):
-        x_prev, x_fake, x_t, t = pairs(run, draw, args.batch_size, g)
-        loss = d_loss(D(x_prev, x_t, t), D(x_fake, x_t, t)).mean()
+        loss = pair_terms(D, run, data, args.batch_size, g)["d_loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    fresh = accuracy_per_t(D.eval(), run, draw, args.eval_batches, args.batch_size, args.seed + 1)
+    fresh = accuracy_per_t(D.eval(), run, data, args.eval_batches, args.batch_size, args.seed + 1)
 
     print(f"{args.run} (G step {run.step}): accuracy of D on real and fake pairs, per t (0.5 = chance)")
     print("| D | " + " | ".join(f"t = {k}" for k in trained) + " |")

@@ -12,9 +12,10 @@ the autoencoder in ``RUN/autoencoder`` (its SHA-256 in ``config.json["autoencode
 One *step* of the shared loop (:func:`trilemma.train.loop.fit`) is one iteration of the paper's
 training: on a minibatch x₀,
 
-1. a D update (``--d-steps`` of them, each on fresh t, pairs and z from the same x₀): real pairs (x_{t−1}, x_t) ~ q against fake pairs (x′_{t−1} ~ q(x_{t−1}|x_t, x̂₀),
-   x̂₀ = G(x_t, z, t) without gradients), the non-saturating cost plus R1 on the real pairs
-   (every ``--lazy-reg`` D updates, :meth:`DDGANConfig.r1_gamma_at`);
+1. ``--d-steps`` D updates (default 1), each on fresh t, pairs and z from the same x₀: real pairs
+   (x_{t−1}, x_t) ~ q against fake pairs (x′_{t−1} ~ q(x_{t−1}|x_t, x̂₀), x̂₀ = G(x_t, z, t) without
+   gradients), the non-saturating cost plus R1 on the real pairs (every ``--lazy-reg`` D updates,
+   :meth:`DDGANConfig.r1_gamma_at`);
 2. a G update with D frozen, on fresh t, fresh pairs and fresh z from the same x₀.
 
 Run folder: ``model.safetensors`` = G, ``disc.safetensors`` = D, ``ema.safetensors`` = the EMA of
