@@ -241,6 +241,31 @@ def test_generator_terms_loss_and_its_gradient_equal_the_formula():
     assert grad_c.item() == pytest.approx(expected.item(), rel=1e-9)
 
 
+def test_generator_terms_reconstruction_term_is_lambda_times_the_l1_of_x0_hat_against_x0():
+    """λ·mean|x̂₀ − x₀| is added per sample on the same draws; with λ = 0 the cost is the paper's alone."""
+    s, x_0 = ddgan_schedule(DDGANConfig(T=4)), repeated_x0(32)
+    G, D = ConstantG(0.2), LinearD()
+    plain = generator_terms(G, D, s, x_0, 3, generator=torch.Generator().manual_seed(5))
+    weighted = generator_terms(G, D, s, x_0, 3, generator=torch.Generator().manual_seed(5), rec_weight=0.5)
+    expected_rec = (0.2 - X0_PIXELS).abs().mean().item()                         # x̂₀ = 0.2 everywhere
+    torch.testing.assert_close(weighted["rec"], torch.full((32,), expected_rec, dtype=torch.float64))
+    torch.testing.assert_close(plain["rec"], weighted["rec"])
+    torch.testing.assert_close(weighted["loss"], plain["loss"] + 0.5 * expected_rec)
+    (grad_c,) = torch.autograd.grad((weighted["loss"] - plain["loss"]).mean(), G.c)
+    assert grad_c.item() == pytest.approx(0.5 * torch.sign(0.2 - X0_PIXELS).mean().item(), abs=1e-12)   # ∂|c − x₀|/∂c
+
+
+def test_reconstruction_weight_fades_as_a_sigmoid_of_the_budget_spent_or_stays_constant():
+    c = DDGANConfig(rec_weight=2.0)
+    assert c.rec_weight_at(0.5) == pytest.approx(1.0)
+    assert c.rec_weight_at(0.0) == pytest.approx(2.0 * (1 - 1 / (1 + math.exp(6))))      # ≈ 1.995
+    assert c.rec_weight_at(1.0) == pytest.approx(2.0 / (1 + math.exp(6)))                # ≈ 0.005
+    weights = [c.rec_weight_at(p / 10) for p in range(11)]
+    assert all(a > b for a, b in zip(weights, weights[1:]))
+    assert [DDGANConfig(rec_weight=0.3, rec_fade="constant").rec_weight_at(p) for p in (0, 0.7, 1)] == [0.3] * 3
+    assert DDGANConfig().rec_weight_at(0.2) == 0.0                                # the paper: no reconstruction
+
+
 # ------------------------------------------------------------------------------------------ R1 and the costs
 @pytest.fixture(scope="module")
 def tiny_d():
@@ -384,6 +409,8 @@ def test_sampling_with_a_real_generator_is_reproducible():
     (dict(r1_gamma=-1.0), "--r1-gamma"),
     (dict(lazy_reg=0), "--lazy-reg"),
     (dict(d_steps=0), "--d-steps"),
+    (dict(rec_weight=-0.1), "--rec-weight"),
+    (dict(rec_fade="linear"), "--rec-fade"),
     (dict(z_dim=0), "--z-dim"),
     (dict(lr_d=-1.0), "--lr-d"),
     (dict(beta2=1.0), "--beta2"),

@@ -72,8 +72,9 @@ def test_one_iteration_updates_D_then_G_with_D_frozen():
 
 
 def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
-    """--d-steps 2: bit-equal to two hand-made D updates (R1 by the lazy schedule) and then one G update."""
-    cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2)
+    """--d-steps 2: bit-equal to two hand-made D updates (R1 by the lazy schedule) and then one G update
+    (whose reconstruction weight is --rec-weight faded to the budget spent, ``progress``)."""
+    cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2, rec_weight=0.4)
     net = preset("tiny", 8, 1)
     schedule = ddgan_schedule(cfg)
     x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
@@ -85,7 +86,7 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
                 torch.optim.Adam(D.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)))
 
     G, D, opt_g, opt_d = fresh()
-    terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1))
+    terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1), progress=0.3)
 
     G2, D2, opt_g2, opt_d2 = fresh()
     noise = torch.Generator().manual_seed(1)
@@ -97,7 +98,7 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
         opt_d2.step()
         d_real.append(d_terms["d_real"].mean())
     D2.requires_grad_(False)
-    g_terms = generator_terms(G2, D2, schedule, x_0, cfg.z_dim, noise)
+    g_terms = generator_terms(G2, D2, schedule, x_0, cfg.z_dim, noise, rec_weight=cfg.rec_weight_at(0.3))
     opt_g2.zero_grad(set_to_none=True)
     g_terms["loss"].mean().backward()
     opt_g2.step()
@@ -106,6 +107,7 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
     assert all(torch.equal(a, b) for a, b in zip(G.parameters(), G2.parameters()))
     assert opt_d.state[next(iter(D.parameters()))]["step"] == 2 and float(terms["r1"]) == 0.0   # last update's
     assert torch.equal(terms["d_real"], d_real[1]) and not torch.equal(d_real[0], d_real[1])
+    assert torch.equal(terms["rec"], g_terms["rec"].mean()) and 0.3 < cfg.rec_weight_at(0.3) < 0.4
 
 
 # ------------------------------------------------------------------------------------------ training

@@ -175,6 +175,24 @@ def test_cosine_decay_follows_the_budget_and_resumes_exactly(tmp_path):
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
 
 
+def test_the_loop_tells_each_step_the_share_of_the_budget_spent(tmp_path):
+    images = load_dataset("digits", "train").batch(torch.arange(16))[0]
+    schedule = make_schedule("linear", T=100)
+    train = TrainConfig(steps=5, batch_size=8, log_every=1, checkpoint_every=100, device="cpu")
+    trainer = one_network_trainer(UNet(preset("tiny", 8, 1)), lambda idx, g: (images[idx], {}),
+                                  lambda net, x, cond, g: diffusion_loss(net, x, schedule, generator=g),
+                                  train, torch.device("cpu"))
+    seen, step = [], trainer.step
+
+    def recording_step(draw, noise):
+        seen.append(trainer.progress)
+        return step(draw, noise)
+
+    trainer.step = recording_step
+    fit(tmp_path / "run", trainer, train=train, num_examples=16, device=torch.device("cpu"), progress=False)
+    assert seen == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+
+
 @pytest.mark.parametrize("kind", ["ddpm", "vae", "gan", "autoencoder", "ddgan"])
 def test_sigterm_to_the_cli_saves_a_resumable_checkpoint(tmp_path, kind):
     """`kill -TERM` (timeout, systemd, Slurm) during `trilemma train KIND`: exit 143, a checkpoint, --resume works."""

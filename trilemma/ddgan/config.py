@@ -7,6 +7,7 @@ the maths is in docs/methods.md §11.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from trilemma.diffusion.schedule import SCHEDULES
@@ -56,6 +57,10 @@ class DDGANConfig:
                         check=int_in(1, 10_000))
     d_steps: int = opt(1, "discriminator updates per generator update, each on fresh pairs of the step's batch "
                             "(paper: 1)", check=int_in(1, 100))
+    rec_weight: float = opt(0.0, "weight λ of an L1 reconstruction term λ·mean|x̂₀ − x₀| in G's cost (Trinh & "
+                                 "Hamagami 2024; 0: the paper's pure GAN cost)", check=nonneg)
+    rec_fade: str = opt("sigmoid", "how λ changes over the budget: sigmoid (λ·(1 − σ(12p − 6)), from λ to ~0 at "
+                                   "the end) or constant", choices=("sigmoid", "constant"))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
     # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
     # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).
@@ -70,6 +75,17 @@ class DDGANConfig:
             raise TrilemmaError(f"--beta-min/--beta-max: need beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
         if self.schedule != "vp" and self.base_T < self.T:
             raise TrilemmaError(f"--base-T: must be >= T = {self.T} to respace to T steps, got {self.base_T}")
+
+    def rec_weight_at(self, progress: float) -> float:
+        """λ at ``progress`` ∈ [0, 1] of the budget: ``rec_weight``, faded by 1 − σ(12·progress − 6) with ``sigmoid``.
+
+        The sigmoid fade is Trinh & Hamagami's "weighted learning" (2024): the reconstruction term
+        steers G towards the data early, when D knows little, and leaves the adversarial cost alone
+        at the end (λ(0) ≈ 0.998 λ, λ(½) = ½ λ, λ(1) ≈ 0.0025 λ).
+        """
+        if self.rec_fade == "constant":
+            return self.rec_weight
+        return self.rec_weight * (1.0 - 1.0 / (1.0 + math.exp(-(12.0 * progress - 6.0))))
 
     def r1_gamma_at(self, d_step: int) -> float:
         """γ to use on the D step numbered ``d_step`` (from 0): ``r1_gamma`` every ``lazy_reg`` steps, else 0.

@@ -7,6 +7,7 @@ For t ~ Uniform{1..T}, x_0 ~ data:
 
     D minimises   −log D(x_{t−1}, x_t, t) − log(1 − D(x′_{t−1}, x_t, t)) + γ/2 ‖∇_{x_{t−1}} D(x_{t−1}, x_t, t)‖²
     G minimises   −log D(x′_{t−1}, x_t, t)                                   (non-saturating)
+                  [+ λ·mean|x̂₀ − x₀|, an optional L1 reconstruction term; the paper has λ = 0]
 
 with D = σ(logit) and every log-probability written with softplus
 (:mod:`trilemma.gan.losses`). The R1 gradient is of the logit (as in Mescheder
@@ -89,11 +90,12 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
 
 
 def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
-                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                    generator: torch.Generator | None = None, rec_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
-    ``loss`` = −log D(x′_{t−1}, x_t, t) (minimise its mean over G's parameters),
-    ``d_fake`` = σ(l) of those pairs (detached), ``t`` the steps drawn.
+    ``loss`` = −log D(x′_{t−1}, x_t, t) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
+    G's parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
+    made x_t, detached when λ = 0); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
@@ -101,4 +103,6 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
-    return {"loss": g_loss(fake_logits), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
+    rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
+    loss = g_loss(fake_logits) + rec_weight * rec if rec_weight > 0 else g_loss(fake_logits)
+    return {"loss": loss, "rec": rec.detach(), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}

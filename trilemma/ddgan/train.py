@@ -91,12 +91,13 @@ def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
 def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
                     opt_d: torch.optim.Optimizer, schedule, x_0: torch.Tensor, ddgan: DDGANConfig,
                     noise: torch.Generator | None = None, grad_clip: float = 0.0,
-                    bf16: bool = False) -> dict[str, torch.Tensor]:
+                    bf16: bool = False, progress: float = 0.0) -> dict[str, torch.Tensor]:
     """``ddgan.d_steps`` D updates then one G update with D frozen (paper §3.3: one each); returns 0-d stats.
 
     The D update minimises mean(−log D(real) − log(1 − D(fake)) + R1), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
     pairs with γ = ``ddgan.r1_gamma_at(d_updates_done(opt_d))``; the G update minimises the mean of the
-    non-saturating −log D(fake) on fresh pairs (docs/methods.md §11).
+    non-saturating −log D(fake) on fresh pairs, plus λ·mean|x̂₀ − x₀| with λ =
+    ``ddgan.rec_weight_at(progress)`` (0 by default; docs/methods.md §11).
     """
     device = x_0.device
     for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
@@ -111,7 +112,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
-        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise)
+        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress))
     loss_g = g_terms["loss"].float().mean()
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
@@ -121,6 +122,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     return {"loss": loss_g.detach(), "loss_g": loss_g.detach(), "loss_d": d_terms["d_loss"].detach().float().mean(),
             "r1": d_terms["r1"].detach().float().mean(), "d_real": d_terms["d_real"].float().mean(),
             "d_fake": d_terms["d_fake"].float().mean(), "d_fake_g": g_terms["d_fake"].float().mean(),
+            "rec": g_terms["rec"].float().mean(),
             "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
 
 
@@ -154,7 +156,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
 
     def step(draw, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
         x_0, _ = draw()
-        return ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, ddgan, noise_gen, train_.grad_clip, train_.bf16)
+        return ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, ddgan, noise_gen, train_.grad_clip, train_.bf16,
+                               trainer.progress)
 
     g_preview = torch.Generator().manual_seed(1234)
     x_T_preview = torch.randn((PREVIEW_N, net.channels, net.image_size, net.image_size), generator=g_preview)
@@ -169,12 +172,14 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         save_grid(x_0 if ae is None else ae.decode(x_0), out / "samples" / f"step_{at_step:07d}.png")
         sampling_net.train(was_training)
 
+    rec = f"; L1 reconstruction λ = {ddgan.rec_weight:g}, {ddgan.rec_fade}" if ddgan.rec_weight > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
                       plot=(("loss_d", "loss_g"), f"{out.name}: DDGAN D and G losses (T = {ddgan.T})"),
                       describe=f"training DDGAN (T = {ddgan.T}; G {count_parameters(G) / 1e6:.2f}M, "
                                f"D {count_parameters(D) / 1e6:.2f}M parameters; R1 γ = {ddgan.r1_gamma} every "
-                               f"{ddgan.lazy_reg} D step(s); {ddgan.d_steps} D update(s) per G update) on {dataset.name} "
+                               f"{ddgan.lazy_reg} D step(s); {ddgan.d_steps} D update(s) per G update"
+                               f"{rec}) on {dataset.name} "
                                f"({len(dataset)} images {'x'.join(map(str, dataset.image_shape))}; in {space})")
     return Built(trainer, train_, len(dataset), device)
 

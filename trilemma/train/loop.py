@@ -25,7 +25,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +62,9 @@ class Trainer:
         preview: ``preview(sampling_net, step)`` draws a grid (optional).
         plot: the metrics keys drawn in ``loss.png`` and its title.
         describe: the line printed when training starts.
+        progress: the share of the budget spent before the current step, in [0, 1] (steps, or
+            wall-clock time with ``--minutes``); the loop sets it before each ``step``, which may
+            read it (the DDGAN's fading reconstruction weight).
     """
 
     nets: dict[str, nn.Module]
@@ -73,7 +76,7 @@ class Trainer:
     preview: Callable[[nn.Module, int], None] | None = None
     plot: tuple[tuple[str, ...], str | None] = (("loss",), None)
     describe: str = ""
-    state: dict[str, Any] = field(default_factory=dict)
+    progress: float = 0.0
 
 
 @dataclass
@@ -266,10 +269,11 @@ def fit(run_dir: Path, trainer: Trainer, *, train: TrainConfig, num_examples: in
                 if not w.distributed and (budget.done(step) or interrupt.requested):   # one process: any step
                     interrupted = interrupt.requested
                     break
+                trainer.progress = budget.progress(step)
                 for opt in trainer.optimizers.values():
                     for group in opt.param_groups:
                         group["lr"] = group.get("lr_scale", 1.0) * lr_at(   # lr_scale: a per-group ratio (DDGAN's D)
-                            step, train.lr, train.warmup_steps, train.lr_decay, budget.progress(step))
+                            step, train.lr, train.warmup_steps, train.lr_decay, trainer.progress)
                 torch.manual_seed(step_seed(train.seed, step, w.rank))     # dropout: exact on resume, per rank
                 with noise_mode():
                     terms = trainer.step(draw, noise_gen)
