@@ -151,6 +151,10 @@ def test_bench_fresh_discriminator_scores_the_runs_D_and_a_fresh_one_per_t(tmp_p
     assert set(result["trained"]) == set(result["fresh"]) == {"1", "2"} and result["updates"] == 60
     assert all(0 <= v <= 1 for d in (result["trained"], result["fresh"]) for v in d.values())
     assert result["fresh"]["1"] > 0.75 and "| fresh, 60 updates |" in done.stdout
+    # the spread of x̂₀ over z at fixed x_t: a freshly trained G still uses z; every variance is finite
+    assert set(result["z_spread"]) == {"1", "2"} and result["data_var"] > 0
+    assert all(v["over_z"] > 0 and v["over_x_t"] > 0 for v in result["z_spread"].values())
+    assert "| over z (16 draws), fixed x_t |" in done.stdout
 
 
 def test_d_learning_rate_follows_the_schedule_at_its_own_ratio(tmp_path):
