@@ -95,7 +95,7 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
     G's parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
-    made x_t, detached when λ = 0); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
+    made x_t, detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
@@ -104,5 +104,5 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
     rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
-    loss = g_loss(fake_logits) + rec_weight * rec if rec_weight > 0 else g_loss(fake_logits)
-    return {"loss": loss, "rec": rec.detach(), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
+    return {"loss": g_loss(fake_logits) + rec_weight * rec, "rec": rec.detach(),
+            "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
