@@ -68,3 +68,17 @@ def test_demo_resume_without_a_run_is_a_one_line_error(capsys, tmp_path):
     code, _, err = cli(capsys, "demo", "--out", tmp_path / "nothing", "--resume")
     assert code == 2
     one_line_error(err, "--resume")
+
+
+def test_demo_with_edm_defaults_to_its_own_loss_weight(capsys, tmp_path):
+    code, out, err = cli(capsys, "demo", "--out", tmp_path / "demo", "--space", "pixel", "--data", "digits",
+                         "--preset", "tiny", "--steps", 2, "--ddpm-n", 2, "--ddim-n", 2, "--prediction", "edm",
+                         "--noise-levels", "lognormal")
+    assert code == 0, err
+    diffusion = json.loads((tmp_path / "demo" / "config.json").read_text())["diffusion"]
+    assert (diffusion["prediction"], diffusion["loss_weight"], diffusion["noise_levels"]) == \
+        ("edm", "uniform", "lognormal")
+    code, _, err = cli(capsys, "demo", "--out", tmp_path / "demo2", "--space", "pixel", "--data", "digits",
+                       "--preset", "tiny", "--steps", 2, "--prediction", "edm", "--loss-weight", "min-snr")
+    assert code == 2
+    one_line_error(err, "--loss-weight")

@@ -46,12 +46,16 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=batch_size_int, default=128)
     p.add_argument("--lr", type=float_in(1e-12, 10.0), default=None,
                    help="peak learning rate (default: 2e-3 for the latent recipe, 1e-3 for pixel)")
-    p.add_argument("--prediction", choices=("eps", "v"), default="v",
+    p.add_argument("--prediction", choices=("eps", "v", "edm"), default="v",
                    help="what the U-Net predicts: v (default here: keeps x̂₀ sane at high noise, which "
-                        "deterministic DDIM needs after a few minutes of training) or ε (Algorithm 1 as written)")
-    p.add_argument("--loss-weight", choices=("uniform", "min-snr"), default="min-snr",
+                        "deterministic DDIM needs after a few minutes of training), ε (Algorithm 1 as written) or "
+                        "edm (the preconditioning of Karras et al. 2022)")
+    p.add_argument("--loss-weight", choices=("uniform", "min-snr"), default=None,
                    help="weight of each t in the diffusion loss: min-snr (default: min-SNR-γ, γ = 5, Hang et al. "
-                        "2023) or uniform (Algorithm 1 as written)")
+                        "2023) or uniform (Algorithm 1 as written; the default with --prediction edm, whose "
+                        "weight is EDM's own)")
+    p.add_argument("--noise-levels", choices=("uniform", "lognormal"), default="uniform",
+                   help="noise levels drawn in training: uniform t (default) or log-normal σ (Karras et al. 2022)")
     p.add_argument("--ddpm-n", type=int_in(1, 4096), default=16, help="images in the DDPM (T-step) grid")
     p.add_argument("--ddim-n", type=int_in(1, 4096), default=64, help="images in each 50-step DDIM grid")
     p.add_argument("--seed", type=seed_int, default=0)
@@ -89,7 +93,8 @@ def run(args) -> int:
     minutes = None if args.steps else (args.minutes or DEFAULT_MINUTES)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))
     recipe = DemoRecipe(space=args.space, data=args.data, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
-                        prediction=args.prediction, loss_weight=args.loss_weight, lr_decay=args.lr_decay,
+                        prediction=args.prediction, noise_levels=args.noise_levels, lr_decay=args.lr_decay,
+                        loss_weight=args.loss_weight or ("uniform" if args.prediction == "edm" else "min-snr"),
                         seed=args.seed, bf16=bf16, device=args.device)
     result = train_demo(out, recipe, minutes=minutes, steps=args.steps, resume=args.resume)
     if result.interrupted:

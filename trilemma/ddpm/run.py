@@ -81,7 +81,7 @@ class DiffusionRun(GeneratorRun):
         clip = self.diffusion.clip if options.clip is None else options.clip
         guidance = options.guidance if uncond is not None else 1.0
         return Denoiser(self.model, self.diffusion.prediction, clip=(-1.0, 1.0) if clip else None,
-                        guidance=guidance, uncond=uncond)
+                        guidance=guidance, uncond=uncond, sigma_data=self.diffusion.data_std)
 
     def timesteps(self, options: SampleOptions):
         T = self.schedule.T

@@ -80,8 +80,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         return x_0, {"y": class_dropout(y, diffusion.cond_drop, generator).to(device, non_blocking=True)}
 
     def loss_fn(net, x_0, cond, generator):
-        return diffusion_loss(net, x_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
-                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
+        return diffusion_loss(net, x_0, schedule, generator=generator, cond=cond, **diffusion.loss_options())
 
     (out / "samples").mkdir(exist_ok=True)
 
@@ -104,7 +103,8 @@ def preview_samples(ema_model, unet_config: UNetConfig, diffusion: DiffusionConf
     c = unet_config
     x_T = torch.randn((PREVIEW_N, c.in_channels, c.image_size, c.image_size), generator=g, device=device)
     cond = {"y": torch.arange(PREVIEW_N, device=device) % c.num_classes} if diffusion.class_cond else None
-    denoiser = Denoiser(ema_model, diffusion.prediction, clip=(-1.0, 1.0) if diffusion.clip else None)
+    denoiser = Denoiser(ema_model, diffusion.prediction, clip=(-1.0, 1.0) if diffusion.clip else None,
+                        sigma_data=diffusion.data_std)
     return ddim_sample(denoiser, x_T, schedule, ddim_timesteps(schedule.T, PREVIEW_STEPS, "trailing"),
                        cond=cond, generator=g)
 

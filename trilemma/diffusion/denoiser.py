@@ -9,6 +9,8 @@ estimate ε̂ and the clean-image estimate x̂₀, using
     v-prediction:  v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022), so
                    x̂₀ = √ᾱ x_t − √(1−ᾱ) v̂,  ε̂ = √(1−ᾱ) x_t + √ᾱ v̂
     x₀-prediction: ε̂ = (x_t − √ᾱ x̂₀) / √(1−ᾱ)
+    EDM (Karras et al. 2022, :mod:`trilemma.diffusion.edm`): the network sees c_in·x_t and
+                   x̂₀ = c_skip·x_t + c_out·F, then ε̂ as for x₀-prediction
 
 With ``clip`` set, x̂₀ is clamped to the data range and ε̂ recomputed from it,
 so (ε̂, x̂₀) stay consistent (the "clip_denoised" of Ho et al.'s code).
@@ -24,8 +26,10 @@ from typing import Any, Callable, Literal
 
 import torch
 
-Prediction = Literal["eps", "v", "x0"]
-PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0")
+from trilemma.diffusion.edm import edm_coefficients
+
+Prediction = Literal["eps", "v", "x0", "edm"]
+PREDICTIONS: tuple[str, ...] = ("eps", "v", "x0", "edm")
 
 
 def _concat_cond(cond: dict[str, Any], uncond: dict[str, Any]) -> dict[str, Any]:
@@ -49,15 +53,16 @@ class Denoiser:
 
     Args:
         model: the network; called as ``model(x_t, t_batch, **cond)``.
-        prediction: what the network outputs: "eps", "v" or "x0".
+        prediction: what the network outputs: "eps", "v", "x0" or "edm" (EDM's preconditioned F).
         clip: clamp x̂₀ to this range (``None``: no clamping; use for latents).
         guidance: classifier-free guidance weight w (1 = plain conditional prediction).
         uncond: the conditioning of the "empty" prompt, same keys as ``cond``; needed when w ≠ 1.
+        sigma_data: σ_d of EDM preconditioning (``prediction="edm"`` only).
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], prediction: Prediction = "eps",
                  clip: tuple[float, float] | None = (-1.0, 1.0), guidance: float = 1.0,
-                 uncond: dict[str, Any] | None = None):
+                 uncond: dict[str, Any] | None = None, sigma_data: float = 0.5):
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if guidance != 1.0 and uncond is None:
@@ -67,6 +72,7 @@ class Denoiser:
         self.clip = clip
         self.guidance = guidance
         self.uncond = uncond
+        self.sigma_data = float(sigma_data)
 
     def raw(self, x_t: torch.Tensor, t_batch: torch.Tensor, cond: dict[str, Any] | None) -> torch.Tensor:
         """The network's output, with classifier-free guidance applied when w ≠ 1."""
@@ -86,15 +92,21 @@ class Denoiser:
         float tensor; the sinusoidal time embedding takes ``t.float()``, so it is defined there.
         """
         t_batch = _time_batch(t, x_t)
-        out = self.raw(x_t, t_batch, cond).to(x_t.dtype)
         sa, s1a = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+        if self.prediction == "edm":
+            c_in, c_skip, c_out = (float(c) for c in edm_coefficients(alpha_bar, self.sigma_data))
+            out = self.raw(c_in * x_t, t_batch, cond).to(x_t.dtype)
+            x0_hat = c_skip * x_t + c_out * out
+            eps_hat = (x_t - sa * x0_hat) / s1a
+        else:
+            out = self.raw(x_t, t_batch, cond).to(x_t.dtype)
         if self.prediction == "eps":
             eps_hat = out
             x0_hat = (x_t - s1a * eps_hat) / sa
         elif self.prediction == "v":
             x0_hat = sa * x_t - s1a * out
             eps_hat = s1a * x_t + sa * out
-        else:
+        elif self.prediction == "x0":
             x0_hat = out
             eps_hat = (x_t - sa * x0_hat) / s1a
         if self.clip is not None:

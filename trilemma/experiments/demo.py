@@ -44,8 +44,9 @@ class DemoRecipe:
     preset: str = "small"
     batch_size: int = 128
     lr: float | None = None                 # None: 2e-3 for latent, 1e-3 for pixel (docs/demo.md: the ablations)
-    prediction: Literal["eps", "v"] = "v"
+    prediction: Literal["eps", "v", "edm"] = "v"
     loss_weight: Literal["uniform", "min-snr"] = "min-snr"
+    noise_levels: Literal["uniform", "lognormal"] = "uniform"
     lr_decay: str = "constant"
     seed: int = 0
     bf16: bool = False
@@ -70,7 +71,8 @@ def train_demo(out: Path, recipe: DemoRecipe, *, minutes: float | None, steps: i
     if resume and (out / "state" / "trainer.json").is_file():
         return train_ldm(out, resume=True, progress=progress, **budget)
     return train_ldm(out, autoencoder=ae, preset=recipe.preset, batch_size=recipe.batch_size, lr=recipe.lr or 2e-3,
-                     prediction=recipe.prediction, loss_weight=recipe.loss_weight, seed=recipe.seed, bf16=recipe.bf16,
+                     prediction=recipe.prediction, loss_weight=recipe.loss_weight, noise_levels=recipe.noise_levels,
+                     seed=recipe.seed, bf16=recipe.bf16,
                      device=recipe.device, warmup_steps=100, lr_decay=recipe.lr_decay, progress=progress, **budget)
 
 
@@ -82,7 +84,8 @@ def _train_pixel(out: Path, recipe: DemoRecipe, minutes: float | None, steps: in
         return train_ddpm(out, resume=True, steps=steps, minutes=minutes, progress=progress)
     return train_ddpm(out, data=recipe.data, preset=recipe.preset, steps=steps, minutes=minutes,
                       batch_size=recipe.batch_size, lr=recipe.lr or 1e-3, prediction=recipe.prediction,
-                      loss_weight=recipe.loss_weight, seed=recipe.seed, bf16=recipe.bf16, device=recipe.device,
+                      loss_weight=recipe.loss_weight, noise_levels=recipe.noise_levels, seed=recipe.seed,
+                      bf16=recipe.bf16, device=recipe.device,
                       sample_every=500, warmup_steps=100, lr_decay=recipe.lr_decay, progress=progress)
 
 

@@ -119,8 +119,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
                                            generator).to(device, non_blocking=True)}
 
     def loss_fn(net, z_0, cond, generator):
-        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
-                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
+        return diffusion_loss(net, z_0, schedule, generator=generator, cond=cond, **diffusion.loss_options())
 
     (out / "samples").mkdir(exist_ok=True)
 

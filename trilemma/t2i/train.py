@@ -176,8 +176,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         return z_0, table.lookup(rows)
 
     def loss_fn(net, z_0, cond, generator):
-        return diffusion_loss(net, z_0, schedule, prediction=diffusion.prediction, generator=generator, cond=cond,
-                              weighting=diffusion.loss_weight, snr_gamma=diffusion.snr_gamma)
+        return diffusion_loss(net, z_0, schedule, generator=generator, cond=cond, **diffusion.loss_options())
 
     preview_dir = out / "samples"
     preview_dir.mkdir(exist_ok=True)
@@ -213,7 +212,7 @@ def preview_samples(ema_model, unet_config: UNetConfig, diffusion: DiffusionConf
     x_T = torch.randn((len(rows), c.in_channels, c.image_size, c.image_size), generator=g, device=device)
     cond, uncond = text_conditioning(encoder, rows, None, device)
     denoiser = Denoiser(ema_model, diffusion.prediction, clip=(-1.0, 1.0) if diffusion.clip else None,
-                        guidance=PREVIEW_GUIDANCE, uncond=uncond)
+                        guidance=PREVIEW_GUIDANCE, uncond=uncond, sigma_data=diffusion.data_std)
     z = ddim_sample(denoiser, x_T, schedule, ddim_timesteps(schedule.T, PREVIEW_STEPS, "trailing"), cond=cond,
                     generator=g)
     return space.decode(z)
