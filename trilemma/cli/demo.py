@@ -54,8 +54,9 @@ def register(sub) -> None:
                    help="weight of each t in the diffusion loss: min-snr (default: min-SNR-γ, γ = 5, Hang et al. "
                         "2023) or uniform (Algorithm 1 as written; the default with --prediction edm, whose "
                         "weight is EDM's own)")
-    p.add_argument("--noise-levels", choices=("uniform", "lognormal"), default="uniform",
-                   help="noise levels drawn in training: uniform t (default) or log-normal σ (Karras et al. 2022)")
+    p.add_argument("--noise-levels", choices=("uniform", "lognormal"), default="lognormal",
+                   help="noise levels drawn in training: log-normal σ (default: ln σ ~ N(−1.2, 1.2²), Karras et al. "
+                        "2022) or uniform t (Algorithm 1 as written)")
     p.add_argument("--ddpm-n", type=int_in(1, 4096), default=16, help="images in the DDPM (T-step) grid")
     p.add_argument("--ddim-n", type=int_in(1, 4096), default=64, help="images in each 50-step DDIM grid")
     p.add_argument("--seed", type=seed_int, default=0)

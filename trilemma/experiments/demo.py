@@ -46,7 +46,7 @@ class DemoRecipe:
     lr: float | None = None                 # None: 2e-3 for latent, 1e-3 for pixel (docs/demo.md: the ablations)
     prediction: Literal["eps", "v", "edm"] = "v"
     loss_weight: Literal["uniform", "min-snr"] = "min-snr"
-    noise_levels: Literal["uniform", "lognormal"] = "uniform"
+    noise_levels: Literal["uniform", "lognormal"] = "lognormal"   # docs/demo.md: 15.3 → 11.7 FID over two seeds
     lr_decay: str = "constant"
     seed: int = 0
     bf16: bool = False
