@@ -161,15 +161,21 @@ def test_lognormal_levels_follow_the_samplers_interpolation_and_the_normal_law()
         assert scipy_stats.kstest(ln_s.numpy(), scipy_stats.norm(-1.0, 1.2).cdf).pvalue > 0.01
 
 
-def test_lognormal_levels_with_eps_and_v_keep_the_forward_process():
-    """With fractional t the input is √ᾱ x₀ + √(1−ᾱ) ε at ᾱ of t, and the ε/v targets are the usual ones."""
-    x_0 = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+def recording_zero_net():
+    """(seen, net): a network answering 0 that keeps its last input and time in ``seen``."""
     seen = {}
 
     def net(x, t):
         seen["x"], seen["t"] = x, t
         return torch.zeros_like(x)
 
+    return seen, net
+
+
+def test_lognormal_levels_with_eps_and_v_keep_the_forward_process():
+    """With fractional t the input is √ᾱ x₀ + √(1−ᾱ) ε at ᾱ of t, and the ε/v targets are the usual ones."""
+    x_0 = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen, net = recording_zero_net()
     for prediction in ("eps", "v"):
         out = diffusion_loss(net, x_0, SCHED, prediction=prediction, noise_levels="lognormal",
                              generator=torch.Generator().manual_seed(2))
@@ -183,12 +189,7 @@ def test_lognormal_levels_with_eps_and_v_keep_the_forward_process():
 def test_uniform_levels_are_unchanged_by_the_new_options():
     """The default path draws and computes exactly what it did: q_sample at integer t."""
     x_0 = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    seen = {}
-
-    def net(x, t):
-        seen["x"], seen["t"] = x, t
-        return torch.zeros_like(x)
-
+    seen, net = recording_zero_net()
     g = torch.Generator().manual_seed(5)
     diffusion_loss(net, x_0, SCHED, prediction="v", generator=g)
     g = torch.Generator().manual_seed(5)
