@@ -55,8 +55,8 @@ def edm_target(x_0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, si
 
 
 def schedule_log_sigmas(schedule: NoiseSchedule, device) -> torch.Tensor:
-    """(T,) ln σ_t = −½ log-SNR_t for t = 1..T, increasing, float64 on ``device``."""
-    return torch.tensor(-0.5 * schedule.log_snr[1:], dtype=torch.float64, device=device)
+    """(T,) ln σ_t = −½ log-SNR_t for t = 1..T, increasing, float64 on ``device`` (no copy per call)."""
+    return -0.5 * schedule.tensor("log_snr", device, torch.float64)[1:]
 
 
 def step_of_log_sigma(ln_sigma: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
@@ -78,8 +78,8 @@ def lognormal_t(batch_size: int, schedule: NoiseSchedule, p_mean: float, p_std: 
 
     t is float32 (what the network's time embedding reads), ᾱ float64 = 1/(1 + σ²) of the clamped σ.
     """
-    log_sigmas = schedule_log_sigmas(schedule, device)
     ln_sigma = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64) * p_std + p_mean
-    ln_sigma = ln_sigma.clamp(log_sigmas[0], log_sigmas[-1])
     t = step_of_log_sigma(ln_sigma, schedule)
+    log_sigmas = schedule_log_sigmas(schedule, device)
+    ln_sigma = ln_sigma.clamp(log_sigmas[0], log_sigmas[-1])                     # as step_of_log_sigma did
     return t.float(), torch.sigmoid(-2.0 * ln_sigma)                             # ᾱ = 1/(1 + σ²)

@@ -137,11 +137,11 @@ class NoiseSchedule:
         """Number of steps of this schedule (after respacing: the number kept)."""
         return len(self.betas) - 1
 
-    def tensor(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """A coefficient array as a float32 tensor on ``device`` (cached)."""
-        key = (name, str(device))
+    def tensor(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A coefficient array as a tensor on ``device`` (float32 unless ``dtype``; cached)."""
+        key = (name, str(device), dtype)
         if key not in self._tensors:
-            self._tensors[key] = torch.tensor(np.array(getattr(self, name)), dtype=torch.float32, device=device)
+            self._tensors[key] = torch.tensor(np.array(getattr(self, name)), dtype=dtype, device=device)
         return self._tensors[key]
 
     # ------------------------------------------------------- forward process
