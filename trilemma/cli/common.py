@@ -54,7 +54,20 @@ def existing_dir(text: str) -> Path:
     return path
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, except where there is none to show.
+
+    No "(default: None)" after an option whose absence means "the run's or the sampler's
+    choice" (its help says which), nor after flags, nor when the help states the default itself.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        if action.default is None or action.default is False or "default" in help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def subparser(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> Parser:
     """Add a subcommand that uses :class:`Parser` and shows defaults in --help."""
-    return sub.add_parser(name, help=help, description=help,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+    return sub.add_parser(name, help=help, description=help, formatter_class=DefaultsFormatter, **kwargs)
