@@ -141,6 +141,29 @@ def test_help_for_every_command(capsys):
         assert code == 0 and "usage" in out
 
 
+def test_help_never_prints_an_empty_default(capsys):
+    """Every subcommand's --help: a default is shown where there is one, never "(default: None)"."""
+    import argparse
+
+    from trilemma.cli.main import build_parser
+
+    def commands(parser, path=()):
+        yield path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, path + (name,))
+
+    paths = list(commands(build_parser()))
+    assert ("experiment", "steps") in paths and ("train", "ddgan") in paths
+    for path in paths:
+        code, out, _ = cli(capsys, *path, "--help")
+        flat = " ".join(out.split())
+        assert code == 0 and "(default: None)" not in flat and "(default: False)" not in flat, path
+    code, out, _ = cli(capsys, "sample", "--help")
+    assert "(default: unipc)" in " ".join(out.split())
+
+
 def test_subprocess_error_has_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "trilemma", "sample", str(tmp_path / "nope")],
