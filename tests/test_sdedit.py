@@ -81,8 +81,10 @@ def test_plan_steps_and_network_evaluations():
         p = edit_plan(SCHED, 0.3, "dpmpp-2m", 10, spacing)
         assert p.start == 60 and p.points == 3 and all(1 <= t <= 60 for t in p.timesteps)
     assert edit_plan(SCHED, 0.6, "ddim", 50, "leading").start < 120       # leading never reaches the top
-    assert edit_plan(SCHED, 0.02, "unipc", 1000).points == 4               # at most t₀ whole steps
-    assert edit_plan(SCHED, 0.02, "heun", 1000).nfe == 7                   # t₀ = 4 steps, 2·4 − 1
+    assert edit_plan(SCHED, 0.02, "unipc", 1000, "trailing").points == 4   # at most t₀ whole steps
+    assert edit_plan(SCHED, 0.6, "unipc", 10).spacing == "karras"          # the solvers' default grid
+    assert edit_plan(SCHED, 0.6, "ddim", 10).spacing == "trailing"
+    assert edit_plan(SCHED, 0.02, "heun", 1000, "trailing").nfe == 7       # t₀ = 4 steps, 2·4 − 1
     assert edit_plan(SCHED, 0.5, "ddpm", None).nfe == 100
     assert edit_plan(SCHED, 0.0, "euler", 50).points == 0
     with pytest.raises(TrilemmaError, match="--strength"):

@@ -17,9 +17,9 @@ import torch
 
 from trilemma.diffusion import Denoiser, make_schedule
 from trilemma.diffusion.samplers import (SAMPLERS, alpha_bar_at, ddim_sample, ddim_timesteps, ddpm_sample,
-                                         dpmpp_2m_sample, dpmpp_2m_sde_sample, euler_sample, heun_sample,
-                                         sample_with, solver_grid, solver_nfe, solver_points, solver_timesteps,
-                                         time_at_sigma, unipc_sample)
+                                         default_spacing, dpmpp_2m_sample, dpmpp_2m_sde_sample, euler_sample,
+                                         heun_sample, sample_with, solver_grid, solver_nfe, solver_points,
+                                         solver_timesteps, time_at_sigma, unipc_sample)
 from trilemma.errors import TrilemmaError
 from trilemma.nets.layers import sinusoidal_embedding
 
@@ -423,6 +423,27 @@ def test_dispatcher_reproduces_ddpm_and_ddim_exactly():
     small = make_schedule("linear", T=40)
     for steps in (None, 40):
         same(sample_with("ddpm", d, x_T, small, steps=steps, generator=g()), ddpm_sample(d, x_T, small, generator=g()))
+
+
+def test_default_spacing_is_karras_for_the_solvers_and_whole_steps_for_ddpm_and_ddim():
+    from trilemma.run import SampleOptions
+
+    assert default_spacing("ddpm") == default_spacing("ddim") == "trailing"
+    d = Denoiser(dummy_model, "eps")
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    for name in ("dpmpp-2m", "dpmpp-2m-sde", "unipc", "heun", "euler"):
+        assert default_spacing(name) == "karras" and SampleOptions(sampler=name).spacing == "karras"
+        steps = []
+        out = sample_with(name, d, x_T, SCHED, steps=7, generator=torch.Generator().manual_seed(1),
+                          callback=lambda i, t, x, x0, steps=steps: steps.append(t))
+        torch.testing.assert_close(out, sample_with(name, d, x_T, SCHED, steps=7, spacing="karras",
+                                                    generator=torch.Generator().manual_seed(1)), rtol=0, atol=0)
+        assert steps == list(solver_timesteps(SCHED, solver_points(name, 7), "karras")[::-1])
+    assert SampleOptions().spacing == "karras" and SampleOptions(sampler="ddim").spacing == "trailing"
+    assert SampleOptions(sampler="unipc", spacing="logsnr").spacing == "logsnr"     # a given spacing is kept
+    assert SampleOptions(sampler="ddpm").to_dict()["spacing"] == "trailing"         # reports record the resolved one
+    with pytest.raises(TrilemmaError, match="--sampler"):
+        default_spacing("plms")
 
 
 def test_dispatcher_passes_guidance_and_reports_progress():

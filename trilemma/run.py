@@ -32,13 +32,21 @@ class SampleOptions:
     sampler: str = "unipc"                # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler (docs/sampling.md)
     steps: int | None = None              # DDIM: default 50; DDPM: default T (respaced when fewer)
     eta: float = 0.0                      # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
-    spacing: str = "trailing"             # leading, trailing, linspace (+ karras, logsnr for the solvers)
+    spacing: str | None = None            # leading, trailing, linspace (+ karras, logsnr for the solvers);
+                                          # None: the sampler's default (trailing for ddpm/ddim, karras else)
     variance: Literal["beta", "beta_tilde"] = "beta_tilde"   # DDPM σ_t²
     clip: bool | None = None              # clamp x̂₀ to [-1, 1]; None = the run's default
     guidance: float = 1.0                 # classifier-free guidance weight w
     label: int | None = None              # class-conditional runs: the class to draw
     prompt: str | None = None             # text-to-image runs
     negative: str | None = None           # text-to-image: negative prompt (replaces ∅)
+
+    def __post_init__(self):
+        if self.spacing is None:                       # resolved here, so runs, reports and caches see it
+            from trilemma.diffusion.samplers import SAMPLERS, default_spacing
+
+            spacing = default_spacing(self.sampler) if self.sampler in SAMPLERS else "trailing"
+            object.__setattr__(self, "spacing", spacing)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,8 +30,9 @@ def add_sampler_args(p) -> None:
     p.add_argument("--eta", type=unit_float, default=None,
                    help="stochasticity: DDIM/euler η (0 deterministic, the default; 1 DDPM-like), "
                         "dpmpp-2m-sde noise (default 1)")
-    p.add_argument("--spacing", choices=SOLVER_SPACINGS, default="trailing",
-                   help="how the sampling steps are picked from 1..T (karras, logsnr: the solvers only)")
+    p.add_argument("--spacing", choices=SOLVER_SPACINGS, default=None,
+                   help="how the sampling steps are picked from 1..T (default trailing for ddpm and ddim, "
+                        "karras for the solvers; karras, logsnr: the solvers only)")
     p.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta_tilde",
                    help="DDPM σ_t²: β_t (fixed large) or β̃_t (fixed small)")
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,

@@ -1,7 +1,7 @@
 """The speed axis of the trilemma: FID against network evaluations for every sampler (docs/methods.md §9, §10).
 
     trilemma experiment steps RUN --nfe 4,6,8,10,15,20,50 --n 2000 --out DIR \\
-        [--samplers ddim,dpmpp-2m,…] [--spacing trailing] [--seed 0] [--batch-size 250] [--device auto]
+        [--samplers ddim,dpmpp-2m,…] [--spacing karras] [--seed 0] [--batch-size 250] [--device auto]
 
 For every sampler (default: ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler) at every NFE
 budget, the trilemma metrics of :func:`trilemma.metrics.evaluate_run` on ``--n`` samples (FID,
@@ -15,8 +15,10 @@ Heun spends two per step but one on its last step, so it walks N = ⌊(NFE + 1)/
 2N − 1 evaluations: exactly NFE when NFE is odd, NFE − 1 when it is even (4 → 3, 6 → 5, 10 → 9,
 50 → 49). Each row records both the budget and the evaluations used; the plot puts Heun at the
 evaluations it used. η is each sampler's default (0 for ddim/euler, 1 for dpmpp-2m-sde).
-``--spacing`` applies to every sampler; ddim walks whole steps, so with karras/logsnr it
-stays on ``trailing`` (recorded in the row's sampling).
+Without ``--spacing`` every sampler walks its default time steps (trailing whole steps for ddim and
+the DDPM reference, the karras grid for the solvers: the defaults of ``trilemma sample``); a
+``--spacing`` applies to every sampler, except that ddim walks whole steps, so with karras/logsnr
+it stays on ``trailing``. Each row records the spacing it used.
 
 Every cell is cached in ``DIR/cells/<sampler>_<nfe>.json`` together with the key it was made
 under (the SHA-256 of the run's sampling weights, n, seed, batch size and the sampling options);
@@ -66,7 +68,8 @@ class StepsConfig:
     n: int = 2000                                # samples per cell for the metrics
     seed: int = 0                                # the same for every cell: the same x_T
     batch_size: int = 250                        # sampling batch size
-    spacing: str = "trailing"                    # time steps of every sampler (ddim: whole steps only)
+    spacing: str | None = None                   # time steps of every sampler (None: each one's default;
+                                                 # ddim: whole steps only)
     reference: bool = True                       # also DDPM on all T steps
     speed_batches: int = 1                       # timed batches for images/s when n < 2 batches
     device: str = "auto"
@@ -81,16 +84,19 @@ class StepsConfig:
         for s in self.samplers:
             if s not in SAMPLERS:
                 raise TrilemmaError(f"--samplers: unknown sampler {s!r}; expected some of {', '.join(SAMPLERS)}")
-        if self.spacing not in SOLVER_SPACINGS:
+        if self.spacing is not None and self.spacing not in SOLVER_SPACINGS:
             raise TrilemmaError(f"--spacing: expected one of {', '.join(SOLVER_SPACINGS)}, got {self.spacing!r}")
         for name in ("n", "batch_size", "speed_batches"):
             if getattr(self, name) <= 0:
                 raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
 
 
-def cell_options(sampler: str, nfe: int | None, spacing: str) -> SampleOptions:
-    """The sampling of one cell: ``nfe`` evaluations (None: all T steps, for DDPM), the sampler's default η."""
-    if sampler in ("ddpm", "ddim") and spacing not in SPACINGS:
+def cell_options(sampler: str, nfe: int | None, spacing: str | None) -> SampleOptions:
+    """The sampling of one cell: ``nfe`` evaluations (None: all T steps, for DDPM), the sampler's default η.
+
+    ``spacing`` None: the sampler's default (:func:`~trilemma.diffusion.samplers.default_spacing`).
+    """
+    if sampler in ("ddpm", "ddim") and spacing is not None and spacing not in SPACINGS:
         spacing = "trailing"                     # whole steps only
     return SampleOptions(sampler=sampler, steps=nfe, eta=default_eta(sampler), spacing=spacing)
 
@@ -272,6 +278,12 @@ def plot_fid_vs_nfe(rows: list[dict[str, Any]], reference: dict[str, Any] | None
     return save_figure(fig, path)
 
 
+def _spacing_text(spacing: str | None) -> str:
+    if spacing is None:
+        return "each sampler's default spacing (karras for the solvers, trailing for ddim)"
+    return f"{spacing} spacing" + ("" if spacing in SPACINGS else " (ddim: trailing whole steps)")
+
+
 def write_report(run: DiffusionRun, cfg: StepsConfig, out: Path, rows: list[dict[str, Any]],
                  reference: dict[str, Any] | None, sha: str, computed: int) -> dict[str, Any]:
     data = run.data_config.name
@@ -289,7 +301,7 @@ def write_report(run: DiffusionRun, cfg: StepsConfig, out: Path, rows: list[dict
     report = "\n".join([
         f"# FID vs network evaluations: {run.path}", "",
         (f"{cfg.n} samples per cell from the same seed ({cfg.seed}), batch size {cfg.batch_size}, "
-        f"{cfg.spacing} spacing (ddim: whole steps), each sampler's default η; metrics against the "
+        f"{_spacing_text(cfg.spacing)}, each sampler's default η; metrics against the "
         f"{data} test split (docs/metrics.md). Weights SHA-256 {sha[:16]}…. "
         "A number in brackets is the evaluations Heun really used (2N − 1 ≤ NFE)."), "",
         *summary, "", "## FID ↓ by sampler and NFE", "", fid_table(rows, reference, cfg.nfe),

@@ -40,6 +40,7 @@ from trilemma.diffusion.samplers import (
     SPACINGS,
     alpha_bar_at,
     ddim_timesteps,
+    default_spacing,
     sample_with,
     solver_nfe,
     solver_points,
@@ -95,15 +96,18 @@ def _budget(steps: int | None, strength: float) -> int:
 
 
 def edit_plan(schedule: NoiseSchedule | int, strength: float, sampler: str = "ddim", steps: int | None = None,
-              spacing: str = "trailing") -> EditPlan:
+              spacing: str | None = None) -> EditPlan:
     """The :class:`EditPlan` of an edit with ``strength`` (t₀ = round(strength · T)).
 
     ``schedule`` may be just T for the whole-step spacings (leading, trailing, linspace).
+    ``spacing`` None: the sampler's default (trailing for ddpm/ddim, karras for the solvers).
     """
     if not 0.0 <= strength <= 1.0:
         raise TrilemmaError(f"--strength: must be in [0, 1], got {strength}")
     if sampler not in SAMPLERS:
         raise TrilemmaError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if spacing is None:
+        spacing = default_spacing(sampler)
     T = schedule if isinstance(schedule, int) else schedule.T
     t0 = round(strength * T)
     if t0 == 0:

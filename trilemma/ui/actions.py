@@ -97,7 +97,7 @@ def cli_args(*, sampler: str = "unipc", steps: Any = None, eta: Any = None, guid
             raise TrilemmaError(f"--label: must be >= 0, got {label}")
     else:
         label = None
-    return SimpleNamespace(sampler=sampler, steps=steps, eta=eta, spacing="trailing", variance="beta_tilde",
+    return SimpleNamespace(sampler=sampler, steps=steps, eta=eta, spacing=None, variance="beta_tilde",
                            clip=None, label=label, guidance=guidance, negative=negative or None)
 
 
