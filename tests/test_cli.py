@@ -161,7 +161,7 @@ def test_help_never_prints_an_empty_default(capsys):
         flat = " ".join(out.split())
         assert code == 0 and "(default: None)" not in flat and "(default: False)" not in flat, path
     code, out, _ = cli(capsys, "sample", "--help")
-    assert "(default: unipc)" in " ".join(out.split())
+    assert "(default: auto)" in " ".join(out.split())
 
 
 def test_subprocess_error_has_no_traceback(tmp_path):

@@ -73,7 +73,7 @@ def test_steps_writes_table_json_plot_and_reuses_its_cells(ddpm_run, tmp_path, c
     for row in data["rows"]:
         assert row["fid"] > 0 and 0 <= row["precision"] <= 1 and 0 <= row["coverage"] <= 1
         assert row["images_per_s"] > 0 and row["nfe"] in (3, 4)
-        assert row["sampling"]["spacing"] == ("trailing" if row["sampler"] == "ddim" else "karras")
+        assert row["sampling"]["spacing"] == "trailing"          # ddim, and the solvers below 8 NFE
     table = (out / "steps.md").read_text()
     assert "| DDPM-100 (NFE 100) |" in table and "| heun |" in table and "(3)" in table
     assert "Best at ≤ 10 NFE" in table

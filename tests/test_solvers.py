@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from trilemma.diffusion import Denoiser, make_schedule
-from trilemma.diffusion.samplers import (SAMPLERS, alpha_bar_at, ddim_sample, ddim_timesteps, ddpm_sample,
-                                         default_spacing, dpmpp_2m_sample, dpmpp_2m_sde_sample, euler_sample,
+from trilemma.diffusion.samplers import (SAMPLERS, alpha_bar_at, auto_sampler, ddim_sample, ddim_timesteps,
+                                         ddpm_sample, default_spacing, dpmpp_2m_sample, dpmpp_2m_sde_sample, euler_sample,
                                          heun_sample, sample_with, solver_grid, solver_nfe, solver_points,
                                          solver_timesteps, time_at_sigma, unipc_sample)
 from trilemma.errors import TrilemmaError
@@ -425,21 +425,36 @@ def test_dispatcher_reproduces_ddpm_and_ddim_exactly():
         same(sample_with("ddpm", d, x_T, small, steps=steps, generator=g()), ddpm_sample(d, x_T, small, generator=g()))
 
 
-def test_default_spacing_is_karras_for_the_solvers_and_whole_steps_for_ddpm_and_ddim():
+def test_default_sampler_and_spacing_follow_the_budget():
+    """auto = unipc below 20 NFE, dpmpp-2m-sde from 20; the solvers walk karras from 8 NFE, trailing below."""
     from trilemma.run import SampleOptions
 
-    assert default_spacing("ddpm") == default_spacing("ddim") == "trailing"
+    assert auto_sampler(4) == auto_sampler(19) == "unipc"
+    assert auto_sampler(20) == auto_sampler(None) == "dpmpp-2m-sde"             # None: the default 50 steps
+    for steps in (4, 50, None):
+        assert default_spacing("ddpm", steps) == default_spacing("ddim", steps) == "trailing"
     d = Denoiser(dummy_model, "eps")
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     for name in ("dpmpp-2m", "dpmpp-2m-sde", "unipc", "heun", "euler"):
+        assert default_spacing(name, 7) == "trailing" and default_spacing(name, 8) == "karras"
         assert default_spacing(name) == "karras" and SampleOptions(sampler=name).spacing == "karras"
-        steps = []
-        out = sample_with(name, d, x_T, SCHED, steps=7, generator=torch.Generator().manual_seed(1),
-                          callback=lambda i, t, x, x0, steps=steps: steps.append(t))
-        torch.testing.assert_close(out, sample_with(name, d, x_T, SCHED, steps=7, spacing="karras",
-                                                    generator=torch.Generator().manual_seed(1)), rtol=0, atol=0)
-        assert steps == list(solver_timesteps(SCHED, solver_points(name, 7), "karras")[::-1])
-    assert SampleOptions().spacing == "karras" and SampleOptions(sampler="ddim").spacing == "trailing"
+        for steps, spacing in ((5, "trailing"), (9, "karras")):
+            walked = []
+            out = sample_with(name, d, x_T, SCHED, steps=steps, generator=torch.Generator().manual_seed(1),
+                              callback=lambda i, t, x, x0, walked=walked: walked.append(t))
+            again = sample_with(name, d, x_T, SCHED, steps=steps, spacing=spacing,
+                                generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(out, again, rtol=0, atol=0)
+            assert walked == list(solver_timesteps(SCHED, solver_points(name, steps), spacing)[::-1])
+    # "auto" in the dispatcher and in SampleOptions: the same sampler, η and spacing as naming them
+    for steps, name in ((10, "unipc"), (30, "dpmpp-2m-sde")):
+        auto = sample_with("auto", d, x_T, SCHED, steps=steps, generator=torch.Generator().manual_seed(2))
+        named = sample_with(name, d, x_T, SCHED, steps=steps, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(auto, named, rtol=0, atol=0)
+    assert SampleOptions() == SampleOptions(sampler="dpmpp-2m-sde", eta=1.0, spacing="karras")
+    assert SampleOptions(steps=10) == SampleOptions(sampler="unipc", steps=10, eta=0.0, spacing="karras")
+    assert SampleOptions(steps=6).spacing == "trailing" and SampleOptions(sampler="ddim").spacing == "trailing"
+    assert SampleOptions(sampler="dpmpp-2m-sde", eta=0.0).eta == 0.0                # a given η is kept
     assert SampleOptions(sampler="unipc", spacing="logsnr").spacing == "logsnr"     # a given spacing is kept
     assert SampleOptions(sampler="ddpm").to_dict()["spacing"] == "trailing"         # reports record the resolved one
     with pytest.raises(TrilemmaError, match="--sampler"):

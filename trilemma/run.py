@@ -29,11 +29,12 @@ from trilemma.utils.validate import check_memory
 class SampleOptions:
     """How to draw samples. Diffusion runs use the sampler fields; other kinds ignore them."""
 
-    sampler: str = "unipc"                # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler (docs/sampling.md)
-    steps: int | None = None              # DDIM: default 50; DDPM: default T (respaced when fewer)
-    eta: float = 0.0                      # DDIM stochasticity (0 = deterministic, 1 = DDPM-like)
+    sampler: str = "auto"                 # ddpm, ddim, dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler, or auto:
+                                          # unipc below 20 steps, dpmpp-2m-sde from 20 (docs/sampling.md)
+    steps: int | None = None              # network evaluations: default 50; DDPM: default T (respaced when fewer)
+    eta: float | None = None              # DDIM/euler/SDE stochasticity; None: the sampler's default (0; SDE 1)
     spacing: str | None = None            # leading, trailing, linspace (+ karras, logsnr for the solvers);
-                                          # None: the sampler's default (trailing for ddpm/ddim, karras else)
+                                          # None: the sampler's default (samplers.default_spacing)
     variance: Literal["beta", "beta_tilde"] = "beta_tilde"   # DDPM σ_t²
     clip: bool | None = None              # clamp x̂₀ to [-1, 1]; None = the run's default
     guidance: float = 1.0                 # classifier-free guidance weight w
@@ -42,11 +43,16 @@ class SampleOptions:
     negative: str | None = None           # text-to-image: negative prompt (replaces ∅)
 
     def __post_init__(self):
-        if self.spacing is None:                       # resolved here, so runs, reports and caches see it
-            from trilemma.diffusion.samplers import SAMPLERS, default_spacing
+        """Resolve ``auto`` and the defaults here, so runs, reports and caches see what is really used."""
+        from trilemma.diffusion.samplers import AUTO, SAMPLERS, auto_sampler, default_eta, default_spacing
 
-            spacing = default_spacing(self.sampler) if self.sampler in SAMPLERS else "trailing"
-            object.__setattr__(self, "spacing", spacing)
+        if self.sampler == AUTO:
+            object.__setattr__(self, "sampler", auto_sampler(self.steps))
+        known = self.sampler in SAMPLERS                # an unknown name is refused where it is used
+        if self.eta is None:
+            object.__setattr__(self, "eta", default_eta(self.sampler))
+        if self.spacing is None:
+            object.__setattr__(self, "spacing", default_spacing(self.sampler, self.steps) if known else "trailing")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

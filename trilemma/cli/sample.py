@@ -16,14 +16,15 @@ from trilemma.cli.common import (
     subparser,
     unit_float,
 )
-from trilemma.diffusion.samplers import SAMPLERS, SOLVER_SPACINGS
+from trilemma.diffusion.samplers import AUTO, SAMPLERS, SOLVER_SPACINGS
 
 
 def add_sampler_args(p) -> None:
     """Sampler options shared by `sample`, `eval`, `show trajectory` …"""
-    p.add_argument("--sampler", choices=SAMPLERS, default="unipc",
-                   help="diffusion runs: ddpm (Algorithm 2), ddim, or a fast ODE solver (docs/methods.md §10): "
-                        "dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler")
+    p.add_argument("--sampler", choices=(AUTO, *SAMPLERS), default=AUTO,
+                   help="diffusion runs: ddpm (Algorithm 2), ddim, or a fast solver (docs/methods.md §10): "
+                        "dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler; auto: the best measured for --steps "
+                        "(unipc below 20, dpmpp-2m-sde from 20; docs/sampling.md)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="network evaluations (NFE) per image (default 50; DDPM: all T, fewer = respaced); "
                         "heun costs 2 per step, so it takes (steps + 1) // 2 steps")
@@ -31,8 +32,8 @@ def add_sampler_args(p) -> None:
                    help="stochasticity: DDIM/euler η (0 deterministic, the default; 1 DDPM-like), "
                         "dpmpp-2m-sde noise (default 1)")
     p.add_argument("--spacing", choices=SOLVER_SPACINGS, default=None,
-                   help="how the sampling steps are picked from 1..T (default trailing for ddpm and ddim, "
-                        "karras for the solvers; karras, logsnr: the solvers only)")
+                   help="how the sampling steps are picked from 1..T (default trailing for ddpm and ddim; "
+                        "for the solvers karras from 8 steps, trailing below; karras, logsnr: the solvers only)")
     p.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta_tilde",
                    help="DDPM σ_t²: β_t (fixed large) or β̃_t (fixed small)")
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
@@ -45,11 +46,9 @@ def add_sampler_args(p) -> None:
 
 
 def sample_options(args):
-    from trilemma.diffusion.samplers import default_eta
     from trilemma.run import SampleOptions
 
-    eta = default_eta(args.sampler) if args.eta is None else args.eta
-    return SampleOptions(sampler=args.sampler, steps=args.steps, eta=eta, spacing=args.spacing,
+    return SampleOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
                          variance=args.variance, clip=args.clip, label=args.label, guidance=args.guidance)
 
 

@@ -50,8 +50,10 @@ linspace on integer steps, ``karras`` (σ̃_i = (σ̃_max^{1/ρ} + i/(N−1)(σ�
 integer steps; a σ̃ maps to a fractional step by linear interpolation of log σ̃
 between neighbouring steps (:func:`time_at_sigma`), and back (:func:`alpha_bar_at`).
 
-Without ``--spacing``, ddpm and ddim walk ``trailing`` whole steps and the solvers the ``karras``
-grid (:func:`default_spacing`, the best measured at few evaluations: docs/sampling.md).
+Defaults, the best measured (docs/sampling.md): the sampler ``auto`` is UniPC below 20 evaluations
+and DPM-Solver++(2M) SDE from 20 (:func:`auto_sampler`); without ``--spacing``, ddpm and ddim walk
+``trailing`` whole steps and the solvers the ``karras`` grid from 8 evaluations, ``trailing``
+below (:func:`default_spacing`).
 
 ``--steps`` counts network evaluations (NFE) for every sampler: see
 :func:`solver_nfe`. Heun walks ⌊(steps + 1)/2⌋ times, so 2N − 1 ≤ steps.
@@ -205,6 +207,9 @@ SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc"
 SolverSpacing = Literal["leading", "trailing", "linspace", "karras", "logsnr"]
 SOLVER_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "karras", "logsnr")
 DEFAULT_STEPS = 50            # --steps when not given (ddpm: all T steps)
+AUTO = "auto"                 # the default sampler: the best measured for the budget (auto_sampler)
+SDE_FROM_NFE = 20             # auto: dpmpp-2m-sde from this many network evaluations, unipc below
+KARRAS_FROM_NFE = 8           # the solvers' default spacing: karras from this many evaluations, trailing below
 KARRAS_RHO = 7.0              # ρ of Karras et al. (2022), eq. 5
 _ETA_SAMPLERS = {"ddim": 0.0, "dpmpp-2m-sde": 1.0, "euler": 0.0}   # samplers that take η, and its default
 
@@ -582,15 +587,32 @@ def solver_nfe(name: str, steps: int) -> int:
     return 2 * n - 1 if name == "heun" else n
 
 
-def default_spacing(name: str) -> str:
-    """Time steps used when none are given: ``trailing`` whole steps for ddpm and ddim, ``karras`` for the solvers.
+def auto_sampler(steps: int | None) -> str:
+    """The sampler ``auto`` (the default) stands for at ``steps`` network evaluations (None: 50).
 
-    Measured at 10 NFE (n = 2,000, docs/sampling.md): Karras' σ spacing takes UniPC from FID 10.08 to
-    6.73 on the ε-prediction pixel model and from 18.43 to 13.59 on the demo's latent v-model; DDPM
-    and DDIM walk whole steps, where trailing is the best of the three (DDIM paper's leading is worse).
+    ``unipc`` below :data:`SDE_FROM_NFE` (20) evaluations, ``dpmpp-2m-sde`` (η = 1) from there: the best
+    measured at each budget on the two models measured with every cell (n = 2,000, docs/sampling.md
+    "Which sampler at which budget"). With the solvers' default spacing, on the ε-prediction pixel
+    model: UniPC 37.6 / 16.4 / 8.9 / 6.7 at 4 / 6 / 8 / 10 NFE, the SDE solver 5.1 at 20 and 3.9 at 50
+    (DDPM-1000: 5.2), where the deterministic solvers have converged to the ODE's 7.5.
+    """
+    return "dpmpp-2m-sde" if (steps or DEFAULT_STEPS) >= SDE_FROM_NFE else "unipc"
+
+
+def default_spacing(name: str, steps: int | None = None) -> str:
+    """Time steps used when none are given, for sampler ``name`` at ``steps`` evaluations (None: 50).
+
+    ``trailing`` whole steps for ddpm and ddim; for the solvers ``karras`` from :data:`KARRAS_FROM_NFE`
+    (8) evaluations and ``trailing`` below. Measured (n = 2,000, docs/sampling.md): at 10 NFE Karras'
+    grid takes UniPC from FID 10.08 to 6.73 on the ε-prediction pixel model and from 17.67 to 13.59
+    on the demo's latent model, and the SDE solver at 20 from 7.28 to 5.12; at 4 NFE it is far worse
+    (102.2 against 37.6, 72.0 against 45.9): one of the four evaluations is spent at σ̃_min = σ̃_1, where
+    x̂₀ is x itself; at 6 the two tie.
     """
     _check_name(name)
-    return "trailing" if name in ("ddpm", "ddim") else "karras"
+    if name in ("ddpm", "ddim"):
+        return "trailing"
+    return "karras" if (steps or DEFAULT_STEPS) >= KARRAS_FROM_NFE else "trailing"
 
 
 def default_eta(name: str) -> float:
@@ -610,18 +632,20 @@ def sample_with(name: str, denoiser: Denoiser, x_T: torch.Tensor, schedule: Nois
     ``schedule.respace(ddim_timesteps(T, steps, spacing))`` (``variance`` applies).
     ``ddim``: :func:`ddim_sample` on ``ddim_timesteps(T, steps or 50, spacing)``.
     The solvers: ``solver_timesteps(schedule, solver_points(name, steps or 50), spacing)``.
-    ``spacing`` None: :func:`default_spacing` (trailing for ddpm/ddim, karras for the solvers).
+    ``name`` ``auto``: :func:`auto_sampler` for ``steps``. ``spacing`` None: :func:`default_spacing`.
     ``eta`` (None: :func:`default_eta`) is for ddim, dpmpp-2m-sde and euler; ddpm ignores it and
     the other solvers refuse a non-zero one. ``order`` is for unipc only. Returns what the sampler
     returns: x_0, or (x_0, trajectory) with ``return_trajectory``.
     """
+    if name == AUTO:
+        name = auto_sampler(steps)
     _check_name(name)
     if eta is None:
         eta = default_eta(name)
     elif eta != 0.0 and name not in _ETA_SAMPLERS and name != "ddpm":          # ddpm ignores η, as before
         raise TrilemmaError(f"--eta: only {', '.join(_ETA_SAMPLERS)} take η; {name} is deterministic")
     if spacing is None:
-        spacing = default_spacing(name)
+        spacing = default_spacing(name, steps)
     if spacing not in SOLVER_SPACINGS:
         raise TrilemmaError(f"--spacing: expected one of {', '.join(SOLVER_SPACINGS)}, got {spacing!r}")
     if name in ("ddpm", "ddim") and spacing not in SPACINGS:

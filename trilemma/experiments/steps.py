@@ -16,7 +16,8 @@ Heun spends two per step but one on its last step, so it walks N = ⌊(NFE + 1)/
 50 → 49). Each row records both the budget and the evaluations used; the plot puts Heun at the
 evaluations it used. η is each sampler's default (0 for ddim/euler, 1 for dpmpp-2m-sde).
 Without ``--spacing`` every sampler walks its default time steps (trailing whole steps for ddim and
-the DDPM reference, the karras grid for the solvers: the defaults of ``trilemma sample``); a
+the DDPM reference; for the solvers the karras grid from 8 NFE, trailing below: the defaults of
+``trilemma sample``); a
 ``--spacing`` applies to every sampler, except that ddim walks whole steps, so with karras/logsnr
 it stays on ``trailing``. Each row records the spacing it used.
 
@@ -280,7 +281,7 @@ def plot_fid_vs_nfe(rows: list[dict[str, Any]], reference: dict[str, Any] | None
 
 def _spacing_text(spacing: str | None) -> str:
     if spacing is None:
-        return "each sampler's default spacing (karras for the solvers, trailing for ddim)"
+        return "each sampler's default spacing (the solvers: karras from 8 NFE, trailing below; ddim: trailing)"
     return f"{spacing} spacing" + ("" if spacing in SPACINGS else " (ddim: trailing whole steps)")
 
 

@@ -100,14 +100,14 @@ def edit_plan(schedule: NoiseSchedule | int, strength: float, sampler: str = "dd
     """The :class:`EditPlan` of an edit with ``strength`` (t₀ = round(strength · T)).
 
     ``schedule`` may be just T for the whole-step spacings (leading, trailing, linspace).
-    ``spacing`` None: the sampler's default (trailing for ddpm/ddim, karras for the solvers).
+    ``spacing`` None: the sampler's default (:func:`~trilemma.diffusion.samplers.default_spacing`).
     """
     if not 0.0 <= strength <= 1.0:
         raise TrilemmaError(f"--strength: must be in [0, 1], got {strength}")
     if sampler not in SAMPLERS:
         raise TrilemmaError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if spacing is None:
-        spacing = default_spacing(sampler)
+        spacing = default_spacing(sampler, steps)
     T = schedule if isinstance(schedule, int) else schedule.T
     t0 = round(strength * T)
     if t0 == 0:

@@ -75,13 +75,13 @@ def unit(value: Any, what: str) -> float:
     return x
 
 
-def cli_args(*, sampler: str = "unipc", steps: Any = None, eta: Any = None, guidance: Any = 1.0,
+def cli_args(*, sampler: str = "auto", steps: Any = None, eta: Any = None, guidance: Any = 1.0,
              label: Any = None, negative: str | None = None) -> SimpleNamespace:
     """The argparse namespace `trilemma sample/generate` would build from these flags (checked the same way)."""
-    from trilemma.diffusion.samplers import SAMPLERS
+    from trilemma.diffusion.samplers import AUTO, SAMPLERS
 
-    if sampler not in SAMPLERS:
-        raise TrilemmaError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if sampler not in (AUTO, *SAMPLERS):
+        raise TrilemmaError(f"--sampler: expected one of {', '.join((AUTO, *SAMPLERS))}, got {sampler!r}")
     steps = None if steps in (None, "", 0) else count(steps, "--steps", 10_000)
     eta = None if eta in (None, "") else unit(eta, "--eta")
     try:

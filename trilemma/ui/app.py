@@ -221,7 +221,7 @@ class App:
 
 def build(app: App) -> gr.Blocks:
     """The page. ``app`` holds its state; every event has an ``api_name`` (the tests drive them)."""
-    from trilemma.diffusion.samplers import SAMPLERS
+    from trilemma.diffusion.samplers import AUTO, SAMPLERS
 
     runs = app.served.runs()
     t2i_runs = app.run_choices("t2i")
@@ -248,7 +248,7 @@ def build(app: App) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         with gr.Group(visible=True) as s_diffusion:
-                            s_sampler = gr.Dropdown(list(SAMPLERS), value="unipc", label="sampler")
+                            s_sampler = gr.Dropdown([AUTO, *SAMPLERS], value=AUTO, label="sampler")
                             s_steps = gr.Number(value=0, precision=0, minimum=0, label="steps",
                                                 info="0: the sampler's default (DDIM 50, DDPM all T)")
                             s_eta = gr.Textbox(value="", label="η", placeholder="default",
@@ -281,7 +281,7 @@ def build(app: App) -> gr.Blocks:
                         t_prompt = gr.Textbox(label="prompt", placeholder="a red circle left of a blue square",
                                               elem_id="t2i-prompt")
                         t_negative = gr.Textbox(label="negative prompt (replaces ∅ in guidance)")
-                        t_sampler = gr.Dropdown(list(SAMPLERS), value="unipc", label="sampler")
+                        t_sampler = gr.Dropdown([AUTO, *SAMPLERS], value=AUTO, label="sampler")
                         with gr.Row():
                             t_guidance = gr.Number(value=4.0, label="guidance w")
                             t_steps = gr.Number(value=0, precision=0, minimum=0, label="steps",
@@ -310,7 +310,7 @@ def build(app: App) -> gr.Blocks:
                         e_negative = gr.Textbox(label="negative prompt")
                         e_strength = gr.Slider(0, 1, value=0.6, step=0.05, label="strength",
                                                info="t₀ = strength·T: 0 keeps the input, 1 ignores it")
-                        e_sampler = gr.Dropdown(list(SAMPLERS), value="unipc", label="sampler")
+                        e_sampler = gr.Dropdown([AUTO, *SAMPLERS], value=AUTO, label="sampler")
                         with gr.Row():
                             e_guidance = gr.Number(value=4.0, label="guidance w")
                             e_steps = gr.Number(value=0, precision=0, minimum=0, label="steps",
@@ -341,7 +341,7 @@ def build(app: App) -> gr.Blocks:
                     with gr.Row():
                         c_n = gr.Number(value=1000, precision=0, minimum=1, label="samples n",
                                         info="the CLI's default is 10000; fewer is faster and noisier")
-                        c_sampler = gr.Dropdown(list(SAMPLERS), value="unipc", label="sampler")
+                        c_sampler = gr.Dropdown([AUTO, *SAMPLERS], value=AUTO, label="sampler")
                         c_steps = gr.Number(value=0, precision=0, minimum=0, label="steps", info="0: the default")
                         c_seed = gr.Number(value=0, precision=0, minimum=0, label="seed")
                     c_again = gr.Checkbox(False, label="evaluate again (runs that have an eval.json too)")
