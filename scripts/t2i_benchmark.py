@@ -61,7 +61,7 @@ def by_kind_markdown(result: dict) -> str:
 
 def prompt_grid(run, prompts: list[str], guidance: float, steps: int, path: Path, seeds: int = 6) -> None:
     rows = [p for p in prompts for _ in range(seeds)]
-    options = SampleOptions(steps=steps, guidance=guidance, prompt=tuple(rows))
+    options = SampleOptions(sampler="ddim", steps=steps, guidance=guidance, prompt=tuple(rows))
     images = run.sample_batch(len(rows), run.generator(0), options)
     save_grid(images, path, nrow=seeds)
     path.with_suffix(".txt").write_text(f"rows (w = {guidance:g}, DDIM {steps} steps, seeds 0..{seeds - 1} "
@@ -75,7 +75,7 @@ def edit_strip(run, prompt: str, steps: int, path: Path, guidance: float) -> Non
     test = load_dataset(run.data_config, "test")
     x = to_float(test.images[:1])
     strengths = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    outs = [edit_images(run, x, prompt, s, SampleOptions(steps=steps, guidance=guidance), run.generator(0)).cpu()
+    outs = [edit_images(run, x, prompt, s, SampleOptions(sampler="ddim", steps=steps, guidance=guidance), run.generator(0)).cpu()
             for s in strengths]
     save_grid(torch.cat(outs), path, nrow=len(strengths))
     path.with_suffix(".txt").write_text(f"input caption: {test.captions[0]!r}; prompt {prompt!r}; "
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--img", default=None, help="folder for the prompt-grid and edit pictures")
     args = p.parse_args(argv)
     guidances = tuple(float(w) for w in args.guidances.split(","))
-    options = SampleOptions(steps=args.steps)
+    options = SampleOptions(sampler="ddim", steps=args.steps)          # the documented numbers are DDIM's
     results = {}
     for name, path, n in (("shapes", args.shapes, args.n), ("fashion-mnist-captions", args.fashion, args.fashion_n)):
         if not path:
