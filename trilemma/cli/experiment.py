@@ -116,8 +116,9 @@ def add_steps(sub) -> None:
                    "heun uses 2⌊(NFE+1)/2⌋−1 of them)")
     p.add_argument("--samplers", help="comma-separated samplers (default ddim,dpmpp-2m,dpmpp-2m-sde,unipc,heun,euler)")
     p.add_argument("--n", type=positive_int, help="samples per cell for the metrics (default 2000)")
-    p.add_argument("--spacing", choices=SOLVER_SPACINGS, help="time steps of every sampler (default: each sampler's own, for the "
-                   "solvers karras from 8 NFE and trailing below; ddim stays on whole steps)")
+    p.add_argument("--spacing", choices=SOLVER_SPACINGS,
+                   help="time steps of every sampler (default: each sampler's own, for the solvers karras from "
+                        "8 NFE and trailing below; ddim stays on whole steps)")
     p.add_argument("--no-reference", action="store_true", help="skip the DDPM reference on all T steps")
     p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
     p.add_argument("--seed", type=seed_int, help="seed of every cell (default 0)")

@@ -17,9 +17,8 @@ Heun spends two per step but one on its last step, so it walks N = ⌊(NFE + 1)/
 evaluations it used. η is each sampler's default (0 for ddim/euler, 1 for dpmpp-2m-sde).
 Without ``--spacing`` every sampler walks its default time steps (trailing whole steps for ddim and
 the DDPM reference; for the solvers the karras grid from 8 NFE, trailing below: the defaults of
-``trilemma sample``); a
-``--spacing`` applies to every sampler, except that ddim walks whole steps, so with karras/logsnr
-it stays on ``trailing``. Each row records the spacing it used.
+``trilemma sample``); a ``--spacing`` applies to every sampler, except that ddim walks whole steps,
+so with karras/logsnr it stays on ``trailing``. Each row records the spacing it used.
 
 Every cell is cached in ``DIR/cells/<sampler>_<nfe>.json`` together with the key it was made
 under (the SHA-256 of the run's sampling weights, n, seed, batch size and the sampling options);
