@@ -98,6 +98,8 @@ def test_eval_samples_from_a_folder(cache, tmp_path, capsys):
     (["eval", "--samples", "nope.npz", "--data", "digits"], "nope.npz: no such file"),
     (["eval", "--samples", "{npz}"], "--samples needs --data"),
     (["eval", "--samples", "{npz}", "--data", "digits", "--steps", "5"], "apply to a RUN"),
+    (["eval", "--samples", "{npz}", "--data", "digits", "--sampler", "dpmpp-2m-sde"], "(--sampler) apply to a RUN"),
+    (["eval", "--samples", "{npz}", "--data", "digits", "--no-clip", "--spacing", "karras"], "--spacing, --no-clip"),
     (["eval", "{tmp}", "--n", "20"], "no such run folder"),
     (["eval", "--samples", "{bad}", "--data", "digits"], "not a readable .npz"),
     (["eval", "--samples", "{float}", "--data", "digits"], "dtype float32"),

@@ -26,7 +26,7 @@ from trilemma.cli.common import (
     seed_int,
     subparser,
 )
-from trilemma.cli.sample import add_sampler_args, sample_options
+from trilemma.cli.sample import add_sampler_args, sample_options, sampling_given
 from trilemma.errors import TrilemmaError
 from trilemma.metrics.evaluate import EVAL_FILE
 
@@ -76,10 +76,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.samples is not None:
         if args.data is None:
             raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")
-        from trilemma.run import SampleOptions
-
-        if sample_options(args) != SampleOptions():
-            raise TrilemmaError("sampling options (--sampler, --steps, ...) apply to a RUN, not to --samples")
+        given = sampling_given(args)
+        if given:
+            raise TrilemmaError(f"sampling options ({', '.join(given)}) apply to a RUN, not to --samples")
         check_samples_path(args.samples)
         data_config = data_config_for(args.data)
         shape = (data_config.channels, data_config.image_size, data_config.image_size)

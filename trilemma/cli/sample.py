@@ -19,9 +19,20 @@ from trilemma.cli.common import (
 from trilemma.diffusion.samplers import AUTO, SAMPLERS, SOLVER_SPACINGS
 
 
+# The sampling options' defaults: "not given" (the sampler's or run's choice), or the one value shown.
+SAMPLING_DEFAULTS = {"sampler": AUTO, "steps": None, "eta": None, "spacing": None, "variance": "beta_tilde",
+                     "clip": None, "label": None, "guidance": 1.0}
+
+
+def sampling_given(args) -> list[str]:
+    """The sampling options given on the command line (those whose value is not their default), as flags."""
+    flags = {"clip": "--no-clip"}
+    return [flags.get(k, "--" + k) for k, default in SAMPLING_DEFAULTS.items() if getattr(args, k, default) != default]
+
+
 def add_sampler_args(p) -> None:
     """Sampler options shared by `sample`, `eval`, `show trajectory` …"""
-    p.add_argument("--sampler", choices=(AUTO, *SAMPLERS), default=AUTO,
+    p.add_argument("--sampler", choices=(AUTO, *SAMPLERS), default=SAMPLING_DEFAULTS["sampler"],
                    help="diffusion runs: ddpm (Algorithm 2), ddim, or a fast solver (docs/methods.md §10): "
                         "dpmpp-2m, dpmpp-2m-sde, unipc, heun, euler; auto: the best measured for --steps "
                         "(unipc below 20, dpmpp-2m-sde from 20; docs/sampling.md)")
@@ -34,12 +45,12 @@ def add_sampler_args(p) -> None:
     p.add_argument("--spacing", choices=SOLVER_SPACINGS, default=None,
                    help="how the sampling steps are picked from 1..T (default trailing for ddpm and ddim; "
                         "for the solvers karras from 8 steps, trailing below; karras, logsnr: the solvers only)")
-    p.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta_tilde",
+    p.add_argument("--variance", choices=("beta", "beta_tilde"), default=SAMPLING_DEFAULTS["variance"],
                    help="DDPM σ_t²: β_t (fixed large) or β̃_t (fixed small)")
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
                    help="do not clamp the predicted x̂₀ to [-1, 1]")
     p.add_argument("--label", type=nonneg_int, default=None, help="class-conditional runs: the class to draw")
-    p.add_argument("--guidance", type=guidance_float, default=1.0,
+    p.add_argument("--guidance", type=guidance_float, default=SAMPLING_DEFAULTS["guidance"],
                    help="classifier-free guidance weight w, finite and >= 0 (0: unconditional, 1: conditional "
                         "only, > 1: guided; docs/methods.md §8)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda …")
