@@ -78,8 +78,7 @@ def lognormal_t(batch_size: int, schedule: NoiseSchedule, p_mean: float, p_std: 
 
     t is float32 (what the network's time embedding reads), ᾱ float64 = 1/(1 + σ²) of the clamped σ.
     """
-    ln_sigma = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64) * p_std + p_mean
-    t = step_of_log_sigma(ln_sigma, schedule)
     log_sigmas = schedule_log_sigmas(schedule, device)
-    ln_sigma = ln_sigma.clamp(log_sigmas[0], log_sigmas[-1])                     # as step_of_log_sigma did
-    return t.float(), torch.sigmoid(-2.0 * ln_sigma)                             # ᾱ = 1/(1 + σ²)
+    ln_sigma = torch.randn(batch_size, generator=generator, device=device, dtype=torch.float64) * p_std + p_mean
+    ln_sigma = ln_sigma.clamp(log_sigmas[0], log_sigmas[-1])
+    return step_of_log_sigma(ln_sigma, schedule).float(), torch.sigmoid(-2.0 * ln_sigma)   # ᾱ = 1/(1 + σ²)

@@ -110,7 +110,6 @@ def diffusion_loss(model: Callable[..., torch.Tensor], x_0: torch.Tensor, schedu
             target = {"eps": eps, "v": sa * eps - s1a * x_0}.get(prediction, x_0)
     loss = (out.float() - target.float()).pow(2).flatten(1).mean(1)              # (B,)
     if weighting == "min-snr":
-        snr = alpha_bar / (1.0 - alpha_bar)
         loss = loss * (min_snr_weight(t, schedule, prediction, snr_gamma) if noise_levels == "uniform"
-                       else min_snr_weight_of_snr(snr, prediction, snr_gamma))
+                       else min_snr_weight_of_snr(alpha_bar / (1.0 - alpha_bar), prediction, snr_gamma))
     return {"loss": loss, "t": t}

@@ -41,7 +41,6 @@ from trilemma.diffusion.samplers import (
     SAMPLERS,
     SOLVER_SPACINGS,
     SPACINGS,
-    default_eta,
     solver_nfe,
     solver_points,
 )
@@ -98,7 +97,7 @@ def cell_options(sampler: str, nfe: int | None, spacing: str | None) -> SampleOp
     """
     if sampler in ("ddpm", "ddim") and spacing is not None and spacing not in SPACINGS:
         spacing = "trailing"                     # whole steps only
-    return SampleOptions(sampler=sampler, steps=nfe, eta=default_eta(sampler), spacing=spacing)
+    return SampleOptions(sampler=sampler, steps=nfe, spacing=spacing)          # η: the sampler's default
 
 
 def nfe_used(sampler: str, nfe: int) -> int:
