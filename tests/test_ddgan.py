@@ -22,6 +22,8 @@ from trilemma.ddgan import (
     discriminator_terms,
     g_loss,
     generator_terms,
+    make_discriminator,
+    make_generator,
     posterior_coefficients,
     posterior_sample,
     preset,
@@ -267,10 +269,13 @@ def test_reconstruction_weight_fades_as_a_sigmoid_of_the_budget_spent_or_stays_c
 
 
 # ------------------------------------------------------------------------------------------ R1 and the costs
-@pytest.fixture(scope="module")
-def tiny_d():
+ARCHS = ("unet", "dcgan")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny_d(request):
     torch.manual_seed(0)
-    return perturb(DDGANDiscriminator(preset("tiny", 8, 1))).double()
+    return perturb(make_discriminator(preset("tiny", 8, 1, arch=request.param))).double()
 
 
 def test_r1_equals_its_definition_by_per_sample_autograd_and_finite_differences(tiny_d):
@@ -320,30 +325,33 @@ def test_costs_equal_their_formulas_from_probabilities():
 
 
 # ------------------------------------------------------------------------------------------ networks
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("size", [8, 28, 32])
-def test_network_shapes(size):
+def test_network_shapes(size, arch):
     torch.manual_seed(0)
-    c = preset("tiny", size, 3)
-    G, D = DDGANGenerator(c, z_dim=10), DDGANDiscriminator(c)
+    c = preset("tiny", size, 3, arch=arch)
+    G, D = make_generator(c, z_dim=10), make_discriminator(c)
     x, z, t = torch.randn(2, 3, size, size), torch.randn(2, 10), torch.tensor([1, 4])
     x0_hat = G(x, z, t)
     assert x0_hat.shape == (2, 3, size, size) and x0_hat.abs().max() < 1                  # tanh output
     assert D(x, x, t).shape == (2,)
 
 
-def test_small_preset_runs_on_fashion_mnist_size():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_small_preset_runs_on_fashion_mnist_size(arch):
     torch.manual_seed(0)
-    c = preset("small", 28, 1)
-    G, D = DDGANGenerator(c, z_dim=100), DDGANDiscriminator(c)
+    c = preset("small", 28, 1, arch=arch)
+    G, D = make_generator(c, z_dim=100), make_discriminator(c)
     x = torch.randn(2, 1, 28, 28)
     assert G(x, torch.randn(2, 100), torch.tensor([2, 3])).shape == (2, 1, 28, 28)
     assert D(x, x, torch.tensor([2, 3])).shape == (2,)
 
 
-def test_z_and_t_change_the_generator_and_t_changes_the_discriminator():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_z_and_t_change_the_generator_and_t_changes_the_discriminator(arch):
     torch.manual_seed(0)
-    c = preset("tiny", 8, 1)
-    G, D = perturb(DDGANGenerator(c, z_dim=10)), perturb(DDGANDiscriminator(c))
+    c = preset("tiny", 8, 1, arch=arch)
+    G, D = perturb(make_generator(c, z_dim=10)), perturb(make_discriminator(c))
     x, z = torch.randn(4, 1, 8, 8), torch.randn(4, 10)
     t = torch.full((4,), 2)
     with torch.no_grad():
@@ -354,9 +362,10 @@ def test_z_and_t_change_the_generator_and_t_changes_the_discriminator():
         assert (D(torch.randn_like(x), x, t) - D(x, x, t)).abs().min() > 1e-4             # so does x_{t−1}
 
 
-def test_discriminator_logits_depend_on_their_own_pair_only():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_discriminator_logits_depend_on_their_own_pair_only(arch):
     torch.manual_seed(0)
-    D = perturb(DDGANDiscriminator(preset("tiny", 8, 1))).double()
+    D = perturb(make_discriminator(preset("tiny", 8, 1, arch=arch))).double()
     x_prev, x_t = torch.randn(5, 1, 8, 8, dtype=torch.float64), torch.randn(5, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor([1, 2, 3, 4, 1])
     batched = D(x_prev, x_t, t)
@@ -364,10 +373,11 @@ def test_discriminator_logits_depend_on_their_own_pair_only():
     torch.testing.assert_close(batched, single)
 
 
-def test_gradients_reach_every_parameter_of_G_and_D():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_reach_every_parameter_of_G_and_D(arch):
     torch.manual_seed(0)
-    c = preset("tiny", 8, 1)
-    G, D = perturb(DDGANGenerator(c, z_dim=10)), perturb(DDGANDiscriminator(c))
+    c = preset("tiny", 8, 1, arch=arch)
+    G, D = perturb(make_generator(c, z_dim=10)), perturb(make_discriminator(c))
     s = ddgan_schedule(DDGANConfig(T=4, z_dim=10))
     x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
     generator_terms(G, D, s, x_0, 10)["loss"].mean().backward()

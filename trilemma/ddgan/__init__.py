@@ -6,7 +6,9 @@
                     :func:`q_sample_pairs` (real pairs), :func:`posterior_sample` (x_{t−1} ~ q(x_{t−1}|x_t, x̂₀)),
                     :func:`ddgan_sample` (T generator calls).
 - ``networks.py``   :class:`DDGANGenerator` x̂₀ = G(x_t, z, t) (U-Net, z by adaptive GroupNorm) and
-                    :class:`DDGANDiscriminator` D(x_{t−1}, x_t, t) → logit.
+                    :class:`DDGANDiscriminator` D(x_{t−1}, x_t, t) → logit (``arch = "unet"``), their
+                    DCGAN-sized twins :class:`DCGANGenerator` / :class:`DCGANDiscriminator` (``"dcgan"``),
+                    and :func:`make_generator` / :func:`make_discriminator` that pick by ``arch``.
 - ``losses.py``     per-sample :func:`d_loss`, :func:`g_loss`, :func:`r1_penalty`, and the trainer's
                     :func:`discriminator_terms` / :func:`generator_terms`.
 """
@@ -38,11 +40,18 @@ from trilemma.ddgan.losses import (
     r1_from_logits,
     r1_penalty,
 )
-from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
+from trilemma.ddgan.networks import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    DDGANDiscriminator,
+    DDGANGenerator,
+    make_discriminator,
+    make_generator,
+)
 
 __all__ = [
-    "DDGAN_SCHEDULES", "MAX_T", "PRESETS", "DDGANConfig", "DDGANDiscriminator", "DDGANGenerator",
+    "DCGANDiscriminator", "DCGANGenerator", "DDGAN_SCHEDULES", "MAX_T", "PRESETS", "DDGANConfig", "DDGANDiscriminator", "DDGANGenerator",
     "DDGANNetConfig", "d_loss", "ddgan_sample", "ddgan_schedule", "discriminator_terms", "g_loss",
-    "generator_terms", "posterior_coefficients", "posterior_mean_var", "posterior_sample", "preset",
+    "generator_terms", "make_discriminator", "make_generator", "posterior_coefficients", "posterior_mean_var", "posterior_sample", "preset",
     "q_sample_pairs", "r1_from_logits", "r1_penalty", "sample_t", "vp_alpha_bar", "vp_betas",
 ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from trilemma.diffusion.schedule import SCHEDULES
 from trilemma.errors import TrilemmaError
+from trilemma.gan.config import dcgan_geometry
 from trilemma.ldm.config import MIN_LEVEL_SIZE
 from trilemma.nets.unet import level_sizes
 from trilemma.options import check_fields, in_range, int_in, nonneg, opt, positive
@@ -113,6 +114,9 @@ class DDGANNetConfig:
     tanh: bool = True                          # G's output x̂₀ through tanh, so it lies in (−1, 1) (the paper's default)
     d_channels: int = opt(64, "discriminator: widths 2, 4, 8 × this (overrides the preset's)",
                           check=int_in(1, 4096))
+    arch: str = opt("unet", "networks: unet (the paper's U-Net G with AdaGN and ResNet D) or dcgan (G and D at "
+                            "DCGAN size for s·2^n pixels: base-channels is G's first width, d-channels D's)",
+                    choices=("unet", "dcgan"))
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -135,6 +139,12 @@ class DDGANNetConfig:
             raise TrilemmaError(f"DDGAN option n_mlp: must be an integer >= 0, got {self.n_mlp!r}")
         if not 0 <= self.dropout < 1:
             raise TrilemmaError(f"DDGAN option dropout: must be in [0, 1), got {self.dropout}")
+        if self.arch == "dcgan":
+            try:
+                dcgan_geometry(self.image_size)
+            except TrilemmaError as e:
+                raise TrilemmaError(f"--arch dcgan: inputs of {self.image_size}×{self.image_size}: "
+                                    f"{str(e).partition(': ')[2]}") from None
 
 
 PRESETS = {

@@ -22,7 +22,7 @@ from trilemma.autoencoder.run import run_autoencoder
 from trilemma.config import from_dict
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig
 from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
-from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
+from trilemma.ddgan.networks import make_discriminator, make_generator
 from trilemma.errors import RunError
 from trilemma.run import GeneratorRun, SampleOptions, load_weights
 
@@ -39,7 +39,7 @@ class DDGANRun(GeneratorRun):
         self.net_config = from_dict(DDGANNetConfig, config["model"], where)
         self.ddgan = from_dict(DDGANConfig, config["ddgan"], where)
         self.schedule = ddgan_schedule(self.ddgan)
-        self.G = DDGANGenerator(self.net_config, self.ddgan.z_dim).to(device).eval().requires_grad_(False)
+        self.G = make_generator(self.net_config, self.ddgan.z_dim).to(device).eval().requires_grad_(False)
         if weights == "auto":
             weights = "ema" if (self.path / "ema.safetensors").is_file() else "model"
         if not (self.path / f"{weights}.safetensors").is_file():
@@ -57,13 +57,13 @@ class DDGANRun(GeneratorRun):
         return (c.channels, c.image_size, c.image_size)
 
     @property
-    def model(self) -> DDGANGenerator:
+    def model(self) -> torch.nn.Module:
         """The sampling network (G), under the name the other runs use."""
         return self.G
 
-    def discriminator(self) -> DDGANDiscriminator:
+    def discriminator(self) -> torch.nn.Module:
         """The trained D (from ``disc.safetensors``), in eval mode."""
-        D = DDGANDiscriminator(self.net_config).to(self.device).eval().requires_grad_(False)
+        D = make_discriminator(self.net_config).to(self.device).eval().requires_grad_(False)
         load_weights(self.path / "disc.safetensors", D, self.device)
         return D
 

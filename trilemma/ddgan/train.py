@@ -40,7 +40,7 @@ from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig, latent_preset
 from trilemma.ddgan.config import preset as ddgan_preset
 from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
 from trilemma.ddgan.losses import discriminator_terms, generator_terms
-from trilemma.ddgan.networks import DDGANDiscriminator, DDGANGenerator
+from trilemma.ddgan.networks import make_discriminator, make_generator
 from trilemma.errors import TrilemmaError
 from trilemma.ldm.train import LatentSource, autoencoder_info, keep_autoencoder_copy, ldm_data_config
 from trilemma.nets.unet import count_parameters
@@ -59,7 +59,7 @@ from trilemma.utils.device import autocast
 from trilemma.viz import save_grid
 
 PREVIEW_N = 64
-NET_OVERRIDES = ("base_channels", "d_channels")
+NET_OVERRIDES = ("base_channels", "d_channels", "arch")
 
 
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
@@ -134,7 +134,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
     schedule = ddgan_schedule(ddgan)
     torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only
-    G, D = DDGANGenerator(net, ddgan.z_dim), DDGANDiscriminator(net)
+    G, D = make_generator(net, ddgan.z_dim), make_discriminator(net)
     betas = (ddgan.beta1, ddgan.beta2)
     opt_g = adamw(G.parameters(), train_, betas=betas)                  # Adam (weight decay 0 by default); fused on CUDA
     opt_d = adamw([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}], train_,
