@@ -32,6 +32,14 @@ def tiny(out, steps, **kw):
                        **{"log_every": 1, "checkpoint_every": 3, "device": "cpu", **kw})
 
 
+def assert_same_run(a, b):
+    """Two run folders logged the same rows and hold bit-equal G, D and EMA weights."""
+    assert rows(a) == rows(b)
+    for name in ("model", "disc", "ema"):
+        wa, wb = load_tensors(a / f"{name}.safetensors"), load_tensors(b / f"{name}.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[key], wb[key]) for key in wa)
+
+
 def optimizer_groups(run):
     meta = json.loads(tensors_metadata(run / "state" / "optim.safetensors")["meta"])
     return {name: m["param_groups"][0] for name, m in meta.items()}
@@ -171,11 +179,7 @@ def test_resume_is_exact_and_lazy_r1_stays_in_phase(tmp_path):
     tiny(tmp_path / "straight", 6, **kw)
     tiny(tmp_path / "split", 3, **kw)
     train_ddgan(tmp_path / "split", steps=6, resume=True, progress=False)
-    assert rows(tmp_path / "split") == rows(tmp_path / "straight")
-    for name in ("model", "disc", "ema"):
-        a = load_tensors(tmp_path / "straight" / f"{name}.safetensors")
-        b = load_tensors(tmp_path / "split" / f"{name}.safetensors")
-        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
     r1 = [row["r1"] for row in rows(tmp_path / "split")]
     assert all(v > 0 for v in r1[0::2]) and all(v == 0 for v in r1[1::2])     # R1 on D steps 0, 2, 4 only
     optim = load_tensors(tmp_path / "split" / "state" / "optim.safetensors")
@@ -190,11 +194,7 @@ def test_dcgan_sized_networks_train_resume_exactly_and_load_for_sampling(tmp_pat
     tiny(tmp_path / "straight", 4, arch="dcgan", d_steps=2)
     tiny(tmp_path / "split", 2, arch="dcgan", d_steps=2)
     train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert rows(tmp_path / "split") == rows(tmp_path / "straight")
-    for name in ("model", "disc", "ema"):
-        a = load_tensors(tmp_path / "straight" / f"{name}.safetensors")
-        b = load_tensors(tmp_path / "split" / f"{name}.safetensors")
-        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
     config = json.loads((tmp_path / "split" / "config.json").read_text())
     assert config["model"]["arch"] == "dcgan"
     r = load_run(tmp_path / "split", device="cpu")

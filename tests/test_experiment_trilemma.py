@@ -25,7 +25,7 @@ def test_budget_is_the_same_per_model_and_the_latent_arm_includes_its_autoencode
     with pytest.raises(TrilemmaError, match="at most one"):
         TrilemmaConfig(minutes=1, steps=2)
     fast = TrilemmaConfig().sampling("ddpm-fast")
-    assert (fast.sampler, fast.steps) == ("dpmpp-2m", 10)
+    assert (fast.sampler, fast.steps, fast.spacing) == ("unipc", 10, "karras")          # "auto" at 10 NFE
     assert TrilemmaConfig().sampling("ddpm-ddim").steps == 50 and TrilemmaConfig().sampling("ddgan").steps is None
 
 
@@ -54,7 +54,7 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert lddgan["autoencoder"]["latent_shape"][0] > 1
     assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 1e-3, 2)
     assert json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]["d_steps"] == 1   # the paper's
-    assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "dpmpp-2m"
+    assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "unipc"
     table = (out / "trilemma.md").read_text()
     assert table.count("\n| ") == 1 + len(ROWS) and "DDGAN (4 NFE)" in table and "as fast as the DDPM" in table
     assert "latent DDGAN (4 NFE)" in table and table.count("as fast as the DDPM") == 2

@@ -14,8 +14,9 @@ With ``--steps`` every network, the autoencoder included, gets that many steps.
 
 Every model is then scored by :func:`trilemma.metrics.evaluate_run` with the same ``--n``, seed and
 batch size against the test split (FID, KID, precision, recall, coverage, NFE, images/s); the
-DDPM twice, with 50-step DDIM and with DPM-Solver++(2M) at 10 network evaluations (the best
-few-step solver, docs/methods.md §10); the latent DDPM with 50-step DDIM. The training images are
+DDPM twice, with 50-step DDIM and with the library's default sampler at 10 network evaluations
+(``--sampler auto``: UniPC on Karras' σ grid there, the best few-step solver measured in
+docs/sampling.md); the latent DDPM with 50-step DDIM. The training images are
 scored as a floor.
 
 Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
@@ -50,7 +51,7 @@ LATENT = ("ldm", "lddgan")     # trained on the latents of DIR/ae, within the bu
 DDGANS = ("ddgan", "lddgan")   # the rows whose claims (Xiao et al. 2022) are checked
 # Rows of the table: key -> (run folder, label).
 ROWS = {"vae": ("vae", "VAE"), "gan": ("gan", "GAN (DCGAN)"), "ddpm-ddim": ("ddpm", "DDPM, DDIM"),
-        "ddpm-fast": ("ddpm", "DDPM, DPM-Solver++(2M)"), "ldm": ("ldm", "latent DDPM, DDIM"),
+        "ddpm-fast": ("ddpm", "DDPM, fast solver"), "ldm": ("ldm", "latent DDPM, DDIM"),
         "ddgan": ("ddgan", "DDGAN"), "lddgan": ("lddgan", "latent DDGAN")}
 AE_SHARE = 1 / 3               # of the latent arm's minutes, for the autoencoder
 LDDGAN_LR, LDDGAN_LR_D = 6.4e-4, 1e-3     # the latent DDGAN's G and D learning rates (see train_run)
@@ -65,7 +66,7 @@ class TrilemmaConfig:
     preset: str = "small"
     n: int = 1000                      # samples per model for the metrics
     ddim_steps: int = 50
-    fast_sampler: str = "dpmpp-2m"
+    fast_sampler: str = "auto"         # the default sampler at fast_steps NFE (UniPC, Karras grid, at 10)
     fast_steps: int = 10               # network evaluations of the fast solver
     ddgan_T: int = 4
     grid_n: int = 36
