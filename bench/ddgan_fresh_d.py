@@ -28,7 +28,7 @@ from trilemma.autoencoder.cache import TrainingLatents
 from trilemma.data import DataConfig, load_dataset
 from trilemma.ddgan.diffusion import q_sample_pairs
 from trilemma.ddgan.losses import discriminator_terms
-from trilemma.ddgan.networks import DDGANDiscriminator
+from trilemma.ddgan.networks import make_discriminator
 from trilemma.ddgan.run import DDGANRun
 
 
@@ -96,7 +96,7 @@ def main() -> None:
 
     trained = accuracy_per_t(run.discriminator(), run, data, args.eval_batches, args.batch_size, args.seed + 1)
     torch.manual_seed(args.seed)
-    D = DDGANDiscriminator(run.net_config).train()
+    D = make_discriminator(run.net_config).train()
     opt = torch.optim.Adam(D.parameters(), lr=run.ddgan.lr_d, betas=(run.ddgan.beta1, run.ddgan.beta2))
     g = torch.Generator().manual_seed(args.seed)
     for _ in tqdm(range(args.updates), desc="fresh D against the frozen G"):
