@@ -54,6 +54,14 @@ class PixelNorm(nn.Module):
         return z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)         # (B, z_dim)
 
 
+def mapping_network(z_dim: int, width: int, layers: int) -> nn.Sequential:
+    """w = M(z): PixelNorm, then 1 + ``layers`` linear layers of ``width`` with SiLU (StyleGAN's mapping)."""
+    mapping: list[nn.Module] = [PixelNorm(), nn.Linear(z_dim, width), nn.SiLU()]
+    for _ in range(layers):
+        mapping += [nn.Linear(width, width), nn.SiLU()]
+    return nn.Sequential(*mapping)
+
+
 class AdaptiveGroupNorm(nn.Module):
     """AdaGN(h, c) = GroupNorm(h) · (1 + s(c)) + b(c), (s, b) = Linear(c) (Nichol & Dhariwal 2021; Xiao et al. 2022)."""
 
@@ -101,10 +109,7 @@ class DDGANGenerator(nn.Module):
         temb_dim = 4 * ch
         cond_dim = temb_dim + c.z_emb_dim                                            # AdaGN sees [e_t, w]
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        mapping: list[nn.Module] = [PixelNorm(), nn.Linear(z_dim, c.z_emb_dim), nn.SiLU()]
-        for _ in range(c.n_mlp):
-            mapping += [nn.Linear(c.z_emb_dim, c.z_emb_dim), nn.SiLU()]
-        self.mapping = nn.Sequential(*mapping)
+        self.mapping = mapping_network(z_dim, c.z_emb_dim, c.n_mlp)
 
         def block(in_ch: int, out_ch: int) -> AdaGNResBlock:
             return AdaGNResBlock(in_ch, out_ch, temb_dim, cond_dim, c.dropout)
@@ -248,10 +253,7 @@ class DCGANGenerator(nn.Module):
         temb_dim = 4 * ngf
         cond_dim = temb_dim + c.z_emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(ngf, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        mapping: list[nn.Module] = [PixelNorm(), nn.Linear(z_dim, c.z_emb_dim), nn.SiLU()]
-        for _ in range(c.n_mlp):
-            mapping += [nn.Linear(c.z_emb_dim, c.z_emb_dim), nn.SiLU()]
-        self.mapping = nn.Sequential(*mapping)
+        self.mapping = mapping_network(z_dim, c.z_emb_dim, c.n_mlp)
         self.pixel_norm = PixelNorm()
 
         self.enc = nn.ModuleList()
