@@ -106,11 +106,11 @@ class TrilemmaConfig:
         return {"minutes": self.budget_minutes}
 
     def sampling(self, row: str) -> SampleOptions:
-        if row in ("ddpm-ddim", "ldm"):
-            return SampleOptions(sampler="ddim", steps=self.ddim_steps)
+        if row not in DIFFUSION_ROWS:
+            return SampleOptions()                 # one pass (VAE, GAN) or T generator calls (DDGAN)
         if row == "ddpm-fast":
             return SampleOptions(sampler=self.fast_sampler, steps=self.fast_steps)
-        return SampleOptions()
+        return SampleOptions(sampler="ddim", steps=self.ddim_steps)
 
 
 # ----------------------------------------------------------------------------------------- training
