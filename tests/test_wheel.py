@@ -52,6 +52,8 @@ def test_the_wheel_holds_the_package_and_nothing_else(wheel):
     # the shipped feature networks travel with it (metrics are identical on every installation)
     assert any(n.endswith("feature_nets/manifest.json") for n in names)
     assert any(n.endswith("fashion-mnist.safetensors") for n in names)
+    # and the fused CPU kernel's C source, which is compiled on first use
+    assert "trilemma/nets/kernels/norm_silu.c" in names
 
 
 def test_the_installed_wheel_runs_in_a_fresh_venv(wheel, tmp_path):
@@ -78,3 +80,7 @@ def test_the_installed_wheel_runs_in_a_fresh_venv(wheel, tmp_path):
               "--batch-size", "8", "--ddpm-n", "2", "--ddim-n", "4", "--device", "cpu")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "demo" / "samples" / "ddim_50.png").is_file()
+    if shutil.which("cc") or shutil.which("gcc"):    # the kernel is built from the wheel's own source
+        built = subprocess.run([str(python), "-c", "from trilemma.nets import kernels; print(kernels.available())"],
+                               capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert built.stdout.strip() == "True", built.stderr[-2000:]
