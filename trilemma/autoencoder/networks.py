@@ -24,11 +24,11 @@ Layout, for factor f = 2^L (L stride-2 convolutions), widths w_i = base · mults
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trilemma.autoencoder.config import AutoencoderConfig, PatchDiscConfig
-from trilemma.nets.layers import Downsample, SelfAttention, Upsample, group_norm, zero_init
+from trilemma.nets.layers import Downsample, SelfAttention, Upsample, group_norm, norm_silu, zero_init
+from trilemma.nets.unet import activation_layout
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0          # keeps exp(log σ²) finite (as Rombach et al.'s code)
 
@@ -46,8 +46,8 @@ class ResnetBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))                                   # (B, C_out, H, W)
-        return self.skip(x) + self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(norm_silu(self.norm1, x))                                # (B, C_out, H, W)
+        return self.skip(x) + self.conv2(norm_silu(self.norm2, h))
 
 
 class Encoder(nn.Module):
@@ -73,9 +73,10 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(width, 2 * c.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(self.conv_in(x))                                          # (B, w_L, H/f, W/f)
-        mu, logvar = self.conv_out(F.silu(self.norm_out(h))).chunk(2, dim=1)    # (B, c, H/f, W/f) each
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        # channels-last activations on the CPU, as in the U-Net (trilemma.nets.unet.activation_layout)
+        h = self.body(activation_layout(self.conv_in(activation_layout(x))))    # (B, w_L, H/f, W/f)
+        mu, logvar = self.conv_out(norm_silu(self.norm_out, h)).contiguous().chunk(2, dim=1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)                         # (B, c, H/f, W/f) each
 
 
 class Decoder(nn.Module):
@@ -104,12 +105,12 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(width, c.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))                                           # (B, w_L, h, w)
+        h = self.mid(activation_layout(self.conv_in(activation_layout(z))))     # (B, w_L, h, w)
         for i, blocks in enumerate(self.levels):
             h = blocks(h)
             if i < len(self.upsample):
                 h = self.upsample[i](h, size=(2 * h.shape[-2], 2 * h.shape[-1]))
-        return self.conv_out(F.silu(self.norm_out(h)))                          # (B, C, H, W)
+        return self.conv_out(norm_silu(self.norm_out, h)).contiguous()          # (B, C, H, W), NCHW
 
 
 class Autoencoder(nn.Module):
