@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from trilemma.nets import UNet, UNetConfig, count_parameters, preset
+from trilemma.nets import UNet, UNetConfig, count_parameters, kernels, preset
 from trilemma.nets.layers import group_norm
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -445,10 +445,12 @@ def main(argv: list[str] | None = None) -> dict:
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                "threads": torch.get_num_threads(), "cores": cores, "torch": torch.__version__,
                "diffusers": diffusers.__version__, "python": platform.python_version(),
-               "load_average_start": os.getloadavg()}
+               "load_average_start": os.getloadavg(),
+               "trilemma_cpu_kernels": device.type == "cpu" and kernels.available()}
     log(f"{machine['device_name']} ({device}), {machine['threads']} threads of {cores} cores; "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}; "
-        f"load average {machine['load_average_start'][0]:.2f}")
+        f"load average {machine['load_average_start'][0]:.2f}; "
+        f"trilemma's fused CPU kernels {'on' if machine['trilemma_cpu_kernels'] else 'off'}")
 
     flop = 2 * args.matmul_size**3
     mm_times = {prec: {clock: [] for clock in CLOCKS} for prec in args.precisions}
