@@ -179,12 +179,16 @@ def test_the_unet_gives_the_same_values_and_gradients_with_and_without_the_kerne
         torch.testing.assert_close(g_k[name], g_p[name], rtol=tol, atol=tol * scale, msg=name)
 
 
-@pytest.mark.parametrize("env", [{"TRILEMMA_KERNELS": "0"}, {"CC": "/bin/false"}], ids=["switched-off", "broken-cc"])
+@pytest.mark.parametrize("env", [{"TRILEMMA_KERNELS": "0"}, {"CC": "/bin/false"}, {"TRILEMMA_CACHE": "FILE"}],
+                         ids=["switched-off", "broken-cc", "cache-not-a-folder"])
 def test_without_a_working_compiler_the_kernel_is_off_and_the_unet_still_trains(tmp_path, env):
+    if env.get("TRILEMMA_CACHE") == "FILE":
+        (tmp_path / "a-file").write_text("not a folder")
+        env = {"TRILEMMA_CACHE": str(tmp_path / "a-file")}
     code = ("import torch; from trilemma.nets import kernels, UNet, preset\n"
             "net = UNet(preset('tiny', 16, 1)); y = net(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]))\n"
             "y.square().mean().backward(); print(kernels.available())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TRILEMMA_CACHE": str(tmp_path), **env})
+                          env={**os.environ, "TRILEMMA_CACHE": str(tmp_path / "cache"), **env})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"

@@ -7,8 +7,8 @@ PyTorch layers everywhere else, so the kernel changes speed, never results beyon
 
 The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
 ``$TRILEMMA_CACHE/kernels/`` (written atomically, so concurrent first uses are safe). Without a
-C compiler (``cc``, or ``$CC``), or with ``TRILEMMA_KERNELS=0``, :func:`available` is False and
-nothing changes but speed.
+C compiler (``cc``, or ``$CC``), when the build fails or the cache is not writable, or with
+``TRILEMMA_KERNELS=0``, :func:`available` is False and nothing changes but speed.
 """
 
 from __future__ import annotations
@@ -47,29 +47,27 @@ def _cpu_signature() -> str:
 
 
 def _build() -> ctypes.CDLL | None:
+    try:
+        return _compile_and_load()
+    except (OSError, AttributeError, subprocess.SubprocessError):   # no compiler, failed build, unwritable cache
+        return None
+
+
+def _compile_and_load() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + version.encode() + " ".join(_FLAGS).encode() + _cpu_signature().encode())
     target = cache_dir("kernels") / f"norm_silu-{key.hexdigest()[:16]}.so"
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             built = Path(tmp) / target.name
-            try:
-                subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"], check=True,
-                               capture_output=True, timeout=300)
-            except (OSError, subprocess.SubprocessError):
-                return None
+            subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"], check=True,
+                           capture_output=True, timeout=300)
             os.replace(built, target)                      # atomic: a concurrent build wins or loses whole
-    try:
-        lib = ctypes.CDLL(str(target))
-    except OSError:
-        return None
+    lib = ctypes.CDLL(str(target))
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.norm_silu_forward.argtypes = [p, p, i32, i64, i64, i64, i64, p, p, p, p, f32, p, p, i32]
     lib.norm_silu_backward.argtypes = [p, p, p, i32, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, p, i32]
