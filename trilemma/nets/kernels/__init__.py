@@ -71,7 +71,7 @@ def _compile_and_load() -> ctypes.CDLL | None:
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     lib.norm_silu_forward.argtypes = [p, p, i32, i64, i64, i64, i64, p, p, p, p, f32, p, p, i32]
     lib.norm_silu_backward.argtypes = [p, p, p, i32, i64, i64, i64, i64, p, p, p, p, p, p, p, p, p, p, i32]
-    lib.norm_silu_forward.restype = lib.norm_silu_backward.restype = None
+    lib.norm_silu_forward.restype = lib.norm_silu_backward.restype = ctypes.c_int      # 1: out of memory
     return lib
 
 
@@ -121,9 +121,10 @@ class _NormSiLU(torch.autograd.Function):
         y = torch.empty_like(x, memory_format=torch.channels_last)
         mean = torch.empty(N, groups, dtype=torch.float32)
         rstd = torch.empty(N, groups, dtype=torch.float32)
-        lib.norm_silu_forward(x.data_ptr(), y.data_ptr(), _DTYPES[x.dtype], N, H * W, C, groups, gamma.data_ptr(),
-                              beta.data_ptr(), _ptr(s), _ptr(b), eps, mean.data_ptr(), rstd.data_ptr(),
-                              torch.get_num_threads())
+        if lib.norm_silu_forward(x.data_ptr(), y.data_ptr(), _DTYPES[x.dtype], N, H * W, C, groups,
+                                 gamma.data_ptr(), beta.data_ptr(), _ptr(s), _ptr(b), eps, mean.data_ptr(),
+                                 rstd.data_ptr(), torch.get_num_threads()):
+            raise MemoryError(f"fused norm-SiLU kernel: no memory for its scratch ({5 * C} floats per thread)")
         ctx.save_for_backward(x, gamma, beta, s, b, mean, rstd)
         ctx.meta = (groups, weight.dtype, None if scale is None else (scale.shape, scale.dtype),
                     None if shift is None else (shift.shape, shift.dtype))
@@ -142,10 +143,12 @@ class _NormSiLU(torch.autograd.Function):
         dbeta_n = torch.empty(N, C, dtype=torch.float32)
         ds = torch.empty(N, C, dtype=torch.float32) if s is not None else None
         db = torch.empty(N, C, dtype=torch.float32) if b is not None else None
-        lib.norm_silu_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), _DTYPES[x.dtype], N, H * W, C, groups,
-                               gamma.data_ptr(), beta.data_ptr(), _ptr(s), _ptr(b), mean.data_ptr(),
-                               rstd.data_ptr(), _ptr(ds), _ptr(db), dgamma_n.data_ptr(), dbeta_n.data_ptr(),
-                               torch.get_num_threads())
+        if lib.norm_silu_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), _DTYPES[x.dtype], N, H * W, C,
+                                  groups, gamma.data_ptr(), beta.data_ptr(), _ptr(s), _ptr(b), mean.data_ptr(),
+                                  rstd.data_ptr(), _ptr(ds), _ptr(db), dgamma_n.data_ptr(), dbeta_n.data_ptr(),
+                                  torch.get_num_threads()):
+            raise MemoryError(f"fused norm-SiLU kernel: no memory for its scratch ({(8 + H * W) * C} floats per "
+                              f"thread)")
 
         def back(v, meta):     # the (N, C) gradient in the scale's (or shift's) own shape and dtype
             if v is None:

@@ -210,36 +210,46 @@ static float *scratch(int64_t count) {
 }
 
 /* Samples in parallel, one per thread at a time, each with `width` floats of scratch. DTYPE is a
- * literal inside the parallel region so that the loads and stores specialise. */
+ * literal inside the parallel region so that the loads and stores specialise. A thread that cannot
+ * get its scratch does nothing and sets `failed`; the entry points then return 1 (out of memory). */
 #define OVER_SAMPLES(width, DTYPE, CALL)                                      \
     _Pragma("omp parallel num_threads(nthreads)")                             \
     {                                                                         \
         float *buf = scratch(width);                                          \
+        if (!buf) {                                                           \
+            _Pragma("omp atomic write")                                       \
+            failed = 1;                                                       \
+        }                                                                     \
         _Pragma("omp for schedule(static)")                                   \
-        for (int64_t n = 0; n < N; n++) CALL;                                 \
+        for (int64_t n = 0; n < N; n++)                                       \
+            if (buf) CALL;                                                    \
     }
 
-void norm_silu_forward(const void *x, void *y, int dtype, int64_t N, int64_t P, int64_t C, int64_t G,
-                       const float *gamma, const float *beta, const float *scale, const float *shift,
-                       float eps, float *mean_out, float *rstd_out, int nthreads) {
+int norm_silu_forward(const void *x, void *y, int dtype, int64_t N, int64_t P, int64_t C, int64_t G,
+                      const float *gamma, const float *beta, const float *scale, const float *shift,
+                      float eps, float *mean_out, float *rstd_out, int nthreads) {
+    int failed = 0;
     if (dtype == 0) {
         OVER_SAMPLES(5 * C, 0, forward_sample(x, y, n, P, C, G, gamma, beta, scale, shift, eps, mean_out, rstd_out,
-                                          buf, 0))
+                                              buf, 0))
     } else {
         OVER_SAMPLES(5 * C, 1, forward_sample(x, y, n, P, C, G, gamma, beta, scale, shift, eps, mean_out, rstd_out,
-                                          buf, 1))
+                                              buf, 1))
     }
+    return failed;
 }
 
-void norm_silu_backward(const void *x, const void *dy, void *dx, int dtype, int64_t N, int64_t P, int64_t C,
-                        int64_t G, const float *gamma, const float *beta, const float *scale, const float *shift,
-                        const float *mean, const float *rstd, float *dscale, float *dshift, float *dgamma_n,
-                        float *dbeta_n, int nthreads) {
+int norm_silu_backward(const void *x, const void *dy, void *dx, int dtype, int64_t N, int64_t P, int64_t C,
+                       int64_t G, const float *gamma, const float *beta, const float *scale, const float *shift,
+                       const float *mean, const float *rstd, float *dscale, float *dshift, float *dgamma_n,
+                       float *dbeta_n, int nthreads) {
+    int failed = 0;
     if (dtype == 0) {
-        OVER_SAMPLES((8 + P) * C, 0, backward_sample(x, dy, dx, n, P, C, G, gamma, beta, scale, shift, mean, rstd, dscale,
-                                           dshift, dgamma_n, dbeta_n, buf, 0))
+        OVER_SAMPLES((8 + P) * C, 0, backward_sample(x, dy, dx, n, P, C, G, gamma, beta, scale, shift, mean, rstd,
+                                                     dscale, dshift, dgamma_n, dbeta_n, buf, 0))
     } else {
-        OVER_SAMPLES((8 + P) * C, 1, backward_sample(x, dy, dx, n, P, C, G, gamma, beta, scale, shift, mean, rstd, dscale,
-                                           dshift, dgamma_n, dbeta_n, buf, 1))
+        OVER_SAMPLES((8 + P) * C, 1, backward_sample(x, dy, dx, n, P, C, G, gamma, beta, scale, shift, mean, rstd,
+                                                     dscale, dshift, dgamma_n, dbeta_n, buf, 1))
     }
+    return failed;
 }
