@@ -16,7 +16,7 @@ Speed paths (each computes the same function as the plain formula, to float roun
   of the low-resolution input (0.44× the multiply-adds, no upsampled copy);
 * :func:`norm_silu` runs SiLU(GroupNorm(x)·(1 + s) + b) and its gradient as one fused C kernel
   (:mod:`trilemma.nets.kernels`, docs/methods.md §5.7) on channels-last float32/bf16 CPU
-  activations when a C compiler is there: 1.7–4× faster than the layers it replaces, in one pass
+  activations when a C compiler is there: 1.4–4× faster than the layers it replaces, in one pass
   with no float32 temporaries (the U-Net's bf16 training step ~1.75×, fp32 ~1.2×).
 """
 
