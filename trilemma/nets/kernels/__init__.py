@@ -27,7 +27,7 @@ import torch
 
 from trilemma.utils.paths import cache_dir
 
-__all__ = ["available", "fused_norm_silu", "supports"]
+__all__ = ["available", "fused_norm_silu", "supports", "supports_input"]
 
 _SOURCE = Path(__file__).with_name("norm_silu.c")
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -94,12 +94,17 @@ def available() -> bool:
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def supports(x: torch.Tensor, norm: torch.nn.GroupNorm) -> bool:
-    """Whether :func:`fused_norm_silu` applies: a channels-last float32/bf16 CPU activation, an affine
-    GroupNorm, eager mode (under ``torch.compile`` Inductor fuses the plain layers itself)."""
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and norm.affine
-            and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+def supports_input(x: torch.Tensor) -> bool:
+    """Whether :func:`fused_norm_silu` takes ``x``: a channels-last float32/bf16 CPU activation, in eager
+    mode (under ``torch.compile`` Inductor fuses the plain layers itself), with the kernel built."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in _DTYPES and x.shape[1] > 1
+            and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.compiler.is_compiling() and available())
+
+
+def supports(x: torch.Tensor, norm: torch.nn.GroupNorm) -> bool:
+    """:func:`supports_input`, for an affine GroupNorm ``norm`` (its weight and bias are γ and β)."""
+    return norm.affine and supports_input(x)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
