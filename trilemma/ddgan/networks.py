@@ -295,11 +295,6 @@ class DCGANGenerator(nn.Module):
         self.deconv_out = nn.ConvTranspose2d(width, c.channels, 4, 2, 1)               # → full size, C maps
         self.x_skip = nn.Conv2d(c.channels, c.channels, 3, padding=1)                  # x_t's own details
 
-    # Channels-last activations on the CPU (as the U-Net's, trilemma.nets.unet.activation_layout, so that
-    # the adaptive norms run in the fused kernel) from this many positions: at 28×28 pixels sampling is
-    # 1.5× faster, at 7×7 latents it was 0.85× (per-call overhead dominates there), so latents stay NCHW.
-    CHANNELS_LAST_FROM = 256
-
     def forward(self, x_t: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels).to(x_t.dtype))  # (B, 4ngf)
         cond = torch.cat([temb, self.mapping(z)], dim=1)                                # (B, 4ngf + z_emb_dim)

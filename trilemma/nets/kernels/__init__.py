@@ -1,9 +1,10 @@
 """Fused CPU kernels, built on first use with the system C compiler and called through ctypes.
 
 One kernel so far: :func:`fused_norm_silu`, SiLU(GroupNorm(x)·(1 + s) + b) and its gradient in
-one pass over channels-last activations (``norm_silu.c`` says how). The U-Net's
-:func:`trilemma.nets.layers.norm_silu` uses it where it applies and falls back to the plain
-PyTorch layers everywhere else, so the kernel changes speed, never results beyond float rounding.
+one pass over channels-last activations (``norm_silu.c`` says how). :func:`trilemma.nets.layers.norm_silu`
+(the U-Net's and the autoencoder's ResNet blocks) and the DDGAN generator's adaptive GroupNorm use it
+where it applies and fall back to the plain PyTorch layers everywhere else, so the kernel changes
+speed, never results beyond float rounding.
 
 The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
 ``$TRILEMMA_CACHE/kernels/`` (written atomically, so concurrent first uses are safe). Without a
