@@ -33,7 +33,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 typedef uint16_t bf16;
 
@@ -109,7 +108,8 @@ static inline __attribute__((always_inline)) void sample_stats(
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) s += acc[c];
         const float r = 1.0f / sqrtf(s / count + eps);
         for (int64_t c = g * Cg; c < (g + 1) * Cg; c++) r_c[c] = r;
-        if (mean_out) { mean_out[g] = mu_c[g * Cg]; rstd_out[g] = r; }
+        mean_out[g] = mu_c[g * Cg];
+        rstd_out[g] = r;
     }
 }
 
