@@ -31,6 +31,7 @@ from trilemma.ddgan import (
     r1_penalty,
 )
 from trilemma.ddgan.diffusion import respaced_steps
+from trilemma.ddgan.networks import minibatch_stddev
 from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import TrilemmaError
 
@@ -371,6 +372,40 @@ def test_discriminator_logits_depend_on_their_own_pair_only(arch):
     batched = D(x_prev, x_t, t)
     single = torch.cat([D(x_prev[i:i + 1], x_t[i:i + 1], t[i:i + 1]) for i in range(5)])
     torch.testing.assert_close(batched, single)
+
+
+@pytest.mark.parametrize("B, group, sizes", [(8, 4, (4, 4)), (6, 4, (3, 3)), (5, 4, (1,) * 5), (3, 8, (3,))])
+def test_minibatch_stddev_is_the_mean_std_over_groups_of_consecutive_samples(B, group, sizes):
+    h = torch.randn(B, 3, 2, 2, dtype=torch.float64)
+    out = minibatch_stddev(h, group)
+    assert out.shape == (B, 4, 2, 2)
+    torch.testing.assert_close(out[:, :3], h)
+    start = 0
+    for size in sizes:                                    # the largest divisor of B that is at most `group`
+        block = h[start:start + size].numpy()
+        expected = np.sqrt(block.var(axis=0) + 1e-8).mean()
+        np.testing.assert_allclose(out[start:start + size, 3].numpy(), expected, rtol=1e-6)
+        start += size
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_minibatch_stddev_logits_see_their_group_only_and_a_contiguous_slice_gives_the_same_logits(arch):
+    torch.manual_seed(0)
+    D = perturb(make_discriminator(preset("tiny", 8, 1, arch=arch, mbstd_group=4))).double()
+    x_prev, x_t = torch.randn(8, 1, 8, 8, dtype=torch.float64), torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([1, 2, 3, 4, 1, 2, 3, 4])
+    logits = D(x_prev, x_t, t)
+    changed = x_prev.clone()
+    changed[6] = torch.randn(1, 8, 8, dtype=torch.float64)                         # a pair of the second group
+    moved = D(changed, x_t, t) - logits
+    assert moved[:4].abs().max() == 0                                             # the first group does not see it
+    assert moved[4:].abs().min() > 1e-8                                           # its whole group does
+    halves = torch.cat([D(x_prev[:4], x_t[:4], t[:4]), D(x_prev[4:], x_t[4:], t[4:])])
+    torch.testing.assert_close(halves, logits)                                    # a data-parallel rank's slice
+    r1 = r1_penalty(D, x_prev, x_t, t, 0.5)                                       # the paper's: ∇ of the summed logits
+    x = x_prev.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x, x_t, t).sum(), x)
+    torch.testing.assert_close(r1, 0.25 * grad.flatten(1).square().sum(1))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -15,11 +15,16 @@ gives the raw conv output).
 Discriminator: the pair is concatenated along channels, (B, 2C, H, W), a 1×1
 conv lifts it to 2·ndf channels, then ResNet down-blocks (LeakyReLU(0.2) → conv
 → + embedding of t → LeakyReLU → 2× average-pool → conv, plus a 1×1 skip,
-summed / √2) halve the map until it is at most 4×4; a 3×3 conv, a spatial sum and
-a linear layer give one logit per pair. No normalisation layer and no
-minibatch-standard-deviation layer (the paper's code has one): each logit depends
-on its own pair only, so the per-sample R1 penalty is exactly that sample's
-gradient norm.
+summed / √2) halve the map until it is at most 4×4; then, as in the paper's code
+(StyleGAN's minibatch standard deviation, Karras et al. 2018), one feature map is
+appended that holds the standard deviation of the features over a group of
+``mbstd_group`` pairs (consecutive in the batch), averaged over channels and
+positions; a 3×3 conv, a spatial sum and a linear layer give one logit per pair.
+No normalisation layer. With ``mbstd_group = 0`` (runs saved before the option
+existed) each logit depends on its own pair only; with it, a pair's logit also
+sees how varied its group is, so D can tell a generator that gives too uniform
+pairs from the data, and R1 (the gradient of the summed logits, as the paper's
+code) includes the group's cross terms.
 """
 
 from __future__ import annotations
@@ -188,6 +193,23 @@ class DDGANGenerator(nn.Module):
         return torch.tanh(h) if self.config.tanh else h
 
 
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """Append one map: the features' standard deviation over groups of ``group`` consecutive samples.
+
+    h (B, C, H, W) → (B, C + 1, H, W). Samples 0…g−1 form the first group, g…2g−1 the next, …
+    with g the largest divisor of B that is at most ``group`` (so a data-parallel rank's contiguous
+    slice of a global batch forms the same groups as one process would). Per group:
+    s = mean over (c, h, w) of √(Var_group(h_c,h,w) + 10⁻⁸), in float32, broadcast to the group's
+    samples and positions.
+    """
+    B, C, H, W = h.shape
+    g = max(d for d in range(1, min(group, B) + 1) if B % d == 0)
+    y = h.float().reshape(B // g, g, C, H, W)                                        # (B/g, g, C, H, W)
+    s = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))              # (B/g,)
+    s = s.repeat_interleave(g).to(h.dtype)[:, None, None, None].expand(B, 1, H, W)    # (B, 1, H, W)
+    return torch.cat([h, s], dim=1)
+
+
 class DownBlock(nn.Module):
     """LeakyReLU → conv → + Dense(e_t) → LeakyReLU → [2× avg-pool] → conv (zero-init); skip 1×1 conv; sum / √2."""
 
@@ -232,7 +254,7 @@ class DDGANDiscriminator(nn.Module):
             blocks.append(DownBlock(width, out, temb_dim, downsample=True))
             width, size = out, math.ceil(size / 2)
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = nn.Conv2d(width, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width + (c.mbstd_group > 0), width, 3, padding=1)
         self.linear = nn.Linear(width, 1)
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -240,6 +262,8 @@ class DDGANDiscriminator(nn.Module):
         h = self.conv_in(torch.cat([x_prev, x_t], dim=1))                            # (B, 2C, H, W) → (B, 2ndf, H, W)
         for block in self.blocks:
             h = block(h, temb)                                                       # … → (B, ≤8ndf, ≤4, ≤4)
+        if self.config.mbstd_group > 0:
+            h = minibatch_stddev(h, self.config.mbstd_group)                         # (B, width + 1, ≤4, ≤4)
         h = F.leaky_relu(self.conv_out(h), 0.2).sum(dim=(2, 3))                     # (B, width), summed over space
         return self.linear(h).squeeze(1)                                             # (B,)
 
@@ -319,8 +343,8 @@ class DCGANDiscriminator(nn.Module):
     4×4 / 2 (widths ndf·2^i, LeakyReLU 0.2) from s₀·2ⁿ down to s₀ pixels, then a s₀×s₀ convolution
     to a feature vector φ. The step t enters twice: a learned per-channel bias e₁(t) after the first
     convolution, and a projection term (Miyato & Koyama 2018): logit = w·φ + b + e₂(t)·φ. No
-    normalisation layer (DCGAN's has BatchNorm): each logit depends on its own pair only, so the
-    per-sample R1 penalty is exactly that sample's gradient norm.
+    normalisation layer (DCGAN's has BatchNorm); the minibatch standard deviation map of
+    ``mbstd_group`` is appended before the last convolution, as in :class:`DDGANDiscriminator`.
     """
 
     def __init__(self, config: DDGANNetConfig):
@@ -333,7 +357,7 @@ class DCGANDiscriminator(nn.Module):
                                    for i in range(n))
         self.t_bias = nn.Embedding(MAX_T + 1, widths[0])
         nn.init.zeros_(self.t_bias.weight)
-        self.conv_out = nn.Conv2d(widths[-1], widths[-1], s0)                          # s₀×s₀ → 1×1
+        self.conv_out = nn.Conv2d(widths[-1] + (c.mbstd_group > 0), widths[-1], s0)    # s₀×s₀ → 1×1
         self.linear = nn.Linear(widths[-1], 1)
         self.t_proj = nn.Embedding(MAX_T + 1, widths[-1])
         nn.init.zeros_(self.t_proj.weight)
@@ -345,6 +369,8 @@ class DCGANDiscriminator(nn.Module):
             if i == 0:
                 h = h + self.t_bias(t)[:, :, None, None].to(h.dtype)                    # + e₁(t)
             h = F.leaky_relu(h, 0.2)                                                    # … → (B, ndf·2^{n−1}, s₀, s₀)
+        if self.config.mbstd_group > 0:
+            h = minibatch_stddev(h, self.config.mbstd_group)                            # (B, ndf·2^{n−1} + 1, s₀, s₀)
         phi = F.leaky_relu(self.conv_out(h), 0.2).flatten(1)                            # (B, F)
         return self.linear(phi).squeeze(1) + (self.t_proj(t).to(phi.dtype) * phi).sum(dim=1)   # (B,)
 

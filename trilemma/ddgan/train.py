@@ -59,7 +59,7 @@ from trilemma.utils.device import autocast
 from trilemma.viz import save_grid
 
 PREVIEW_N = 64
-NET_OVERRIDES = ("base_channels", "d_channels", "arch")
+NET_OVERRIDES = ("base_channels", "d_channels", "mbstd_group", "arch")
 
 
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
