@@ -6,7 +6,9 @@ sinusoidal time embedding, additive or scale-shift embedding), so the two have t
 parameter count, then both are timed on the same inputs, interleaved ours/theirs so that
 background load hits both alike:
 
-* training images/s: forward + MSE loss + backward + AdamW step;
+* training images/s: forward + MSE loss + backward + AdamW step (``--optimizer each``, the
+  default: ours with the fused AdamW that trilemma trains with, diffusers with PyTorch's default
+  AdamW as its training example builds it; ``--optimizer same``: PyTorch's default for both);
 * sampling images/s: one forward under ``torch.no_grad()``. One network evaluation is one
   sampler step, so this is images·steps/s; a 50-step DDIM sample costs 50 of them;
 
@@ -232,6 +234,16 @@ def compiled_pair(ours: nn.Module, theirs: nn.Module) -> dict[str, nn.Module]:
     return {"ours_compiled": mine, "diffusers_compiled": torch.compile(copy.deepcopy(theirs))}
 
 
+def optimizer(key: str, model: nn.Module, choice: str, device: torch.device) -> torch.optim.AdamW:
+    """AdamW at lr 1e-4. ``choice = "each"``: every network with the optimiser its library trains it
+    with: ours fused on the CPU and CUDA (as ``trilemma.train.common.adamw``), diffusers' as its
+    training example builds it (``torch.optim.AdamW`` with PyTorch's default implementation).
+    ``"same"``: PyTorch's default AdamW for every network, so only the networks differ. ``"both"``:
+    as ``each``, plus a copy of ours with the default AdamW (``ours_default_adamw``) in the race."""
+    fused = (choice != "same" and key in ("ours", "ours_compiled") and device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+
+
 def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     batch = args.base_batch if name == "base" else args.batch
     ours, theirs = build_pair(name, args.image_size, args.in_channels, device)
@@ -239,6 +251,8 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     if args.diffusers_channels_last:
         models["diffusers_cl"] = channels_last_twin(name, args.image_size, args.in_channels, device)
     n_params = {k: count_parameters(m) for k, m in models.items()}
+    if args.optimizer == "both":
+        models["ours_default_adamw"] = copy.deepcopy(ours)
     if args.compile:
         models.update(compiled_pair(ours, theirs))
     log(f"[{name}] parameters: ours {n_params['ours']:,}  diffusers {n_params['diffusers']:,}  "
@@ -249,7 +263,7 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     x = torch.randn(batch, args.in_channels, args.image_size, args.image_size, generator=g).to(device)
     eps = torch.randn(x.shape, generator=g).to(device)
     t = torch.randint(1, 1001, (batch,), generator=g).to(device)
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    opts = {k: optimizer(k, m, args.optimizer, device) for k, m in models.items()}
 
     # FLOPs of one forward (sampling) and of one forward + backward (training), counted in fp32.
     flops = {}
@@ -304,6 +318,9 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             if "diffusers_cl" in models:
                 row["ratio_cl"] = {clock: row["ours"][clock]["images_per_s"] /
                                    row["diffusers_cl"][clock]["images_per_s"] for clock in CLOCKS}
+            if "ours_default_adamw" in models:
+                row["ratio_fused_adamw"] = {clock: row["ours"][clock]["images_per_s"] /
+                                            row["ours_default_adamw"][clock]["images_per_s"] for clock in CLOCKS}
             if args.compile:
                 ips = {k: {clock: row[k][clock]["images_per_s"] for clock in CLOCKS} for k in models}
                 for key, (a, b) in {"ratio_compiled": ("ours_compiled", "diffusers_compiled"),
@@ -318,6 +335,9 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             log(f"[{name} {precision} {mode:6s}] ours {wall['ours']:7.1f} img/s  diffusers {wall['diffusers']:7.1f} "
                 f"img/s  ours/diffusers {row['ratio']['wall']:.2f} (by CPU time {row['ratio']['cpu']:.2f}){cl}  "
                 f"({time.perf_counter() - start:.0f} s)")
+            if "ratio_fused_adamw" in row:
+                log(f"[{name} {precision} {mode:6s}] ours with fused AdamW / ours with the default AdamW "
+                    f"{row['ratio_fused_adamw']['wall']:.3f} (CPU time {row['ratio_fused_adamw']['cpu']:.3f})")
             if args.compile:
                 log(f"[{name} {precision} {mode:6s}] compiled: ours {wall['ours_compiled']:7.1f} img/s  diffusers "
                     f"{wall['diffusers_compiled']:7.1f} img/s  ours-c/diffusers-c {row['ratio_compiled']['wall']:.2f} "
@@ -422,6 +442,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also time both networks under torch.compile (ours as trilemma's loop compiles it)")
     p.add_argument("--modes", nargs="+", default=None, choices=["train", "sample"],
                    help="steps to time (default: train and sample; train only with --compile)")
+    p.add_argument("--optimizer", choices=["each", "same", "both"], default="each",
+                   help="each: every network with its library's AdamW (ours fused, diffusers PyTorch's default); "
+                        "same: PyTorch's default AdamW for both, so that only the networks differ; both: each, "
+                        "plus ours with the default AdamW in the same race")
     p.add_argument("--json", default=None, help="write all results (with every timed run) to this file")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -446,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
                "threads": torch.get_num_threads(), "cores": cores, "torch": torch.__version__,
                "diffusers": diffusers.__version__, "python": platform.python_version(),
                "load_average_start": os.getloadavg(),
-               "trilemma_cpu_kernels": device.type == "cpu" and kernels.available()}
+               "trilemma_cpu_kernels": device.type == "cpu" and kernels.available(), "optimizer": args.optimizer}
     log(f"{machine['device_name']} ({device}), {machine['threads']} threads of {cores} cores; "
         f"torch {torch.__version__}, diffusers {diffusers.__version__}; "
         f"load average {machine['load_average_start'][0]:.2f}; "

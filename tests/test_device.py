@@ -84,10 +84,24 @@ def test_compiled_networks_save_plain_keys(tmp_path):
     assert set(load_tensors(tmp_path / "model.safetensors")) == keys
 
 
-def test_adamw_is_fused_only_on_cuda():
-    cfg = common.TrainConfig(steps=1, device="cpu", lr=1e-3, weight_decay=0.1)
-    opt = common.adamw([torch.nn.Parameter(torch.zeros(2))], cfg)
-    assert opt.defaults["fused"] is False and opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 0.1
+def test_adamw_is_fused_on_the_cpu_and_makes_the_same_updates_as_the_default_loop():
+    cfg = common.TrainConfig(steps=1, device="cpu", lr=1e-2, weight_decay=0.1)
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    ours = [torch.nn.Parameter(p.clone()) for p in start]
+    plain = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = common.adamw(ours, cfg, betas=(0.5, 0.9))
+    assert opt.defaults["fused"] is True and opt.defaults["lr"] == 1e-2 and opt.defaults["weight_decay"] == 0.1
+    ref = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1, betas=(0.5, 0.9), foreach=False)
+    for step in range(20):
+        grads = [torch.randn(p.shape) for p in start]
+        for o, params in ((opt, ours), (ref, plain)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            o.param_groups[0]["lr"] = 1e-2 * (1 + step) / 20           # the loop changes the lr every step
+            o.step()
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_deterministic_mode_is_set_and_unset():
