@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=.venv/bin/python
+PY="${TRILEMMA_VENV:-.venv}/bin/python"      # the environment scripts/setup.sh made (as scripts/test.sh)
 [ -x "$PY" ] || PY=python3
 OUTDIR="${OUT:-/tmp/gpu_check}"
 mkdir -p "$OUTDIR"
