@@ -115,7 +115,7 @@ class DDGANNetConfig:
     d_channels: int = opt(64, "discriminator: widths 2, 4, 8 × this (overrides the preset's)",
                           check=int_in(1, 4096))
     mbstd_group: int = opt(0, "discriminator: minibatch standard deviation over groups of this many pairs "
-                              "(overrides the preset's; 0 off; the paper's code: 4)", flag="mbstd-group",
+                              "(0, the default: off; the paper's code: 4)", flag="mbstd-group",
                            check=int_in(0, 1024))
     arch: str = opt("unet", "networks: unet (the paper's U-Net G with AdaGN and ResNet D) or dcgan (G and D at "
                             "DCGAN size for s·2^n pixels: base-channels is G's first width, d-channels D's)",

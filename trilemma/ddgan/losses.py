@@ -48,8 +48,10 @@ def r1_from_logits(real_logits: torch.Tensor, x_prev: torch.Tensor, gamma: float
     """γ/2 ‖∂ l_i / ∂ x_{t−1,i}‖² per sample, from logits already computed on ``x_prev`` (which requires grad).
 
     The gradient of Σ_i l_i gives each sample's own gradient because every logit
-    depends on its own pair only. ``create_graph=True``: the penalty is
-    differentiable with respect to D's parameters. (B,), (B, C, H, W) → (B,).
+    depends on its own pair only; with D's minibatch-standard-deviation map
+    (``mbstd_group > 0``) it also holds the group's cross terms, as in the paper's
+    code. ``create_graph=True``: the penalty is differentiable with respect to D's
+    parameters. (B,), (B, C, H, W) → (B,).
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), x_prev, create_graph=True)      # (B, C, H, W)
     return 0.5 * gamma * grad.flatten(1).square().sum(dim=1)                          # (B,)

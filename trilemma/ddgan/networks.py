@@ -20,8 +20,9 @@ summed / √2) halve the map until it is at most 4×4; then, as in the paper's c
 appended that holds the standard deviation of the features over a group of
 ``mbstd_group`` pairs (consecutive in the batch), averaged over channels and
 positions; a 3×3 conv, a spatial sum and a linear layer give one logit per pair.
-No normalisation layer. With ``mbstd_group = 0`` (runs saved before the option
-existed) each logit depends on its own pair only; with it, a pair's logit also
+No normalisation layer. With ``mbstd_group = 0`` (the default, and what runs saved
+before the option read as) the map is left out and each logit depends on its own
+pair only; with it, a pair's logit also
 sees how varied its group is, so D can tell a generator that gives too uniform
 pairs from the data, and R1 (the gradient of the summed logits, as the paper's
 code) includes the group's cross terms.
@@ -198,7 +199,7 @@ def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
 
     h (B, C, H, W) → (B, C + 1, H, W). Samples 0…g−1 form the first group, g…2g−1 the next, …
     with g the largest divisor of B that is at most ``group`` (so a data-parallel rank's contiguous
-    slice of a global batch forms the same groups as one process would). Per group:
+    slice of a global batch, of a multiple of g samples, forms the same groups as one process). Per group:
     s = mean over (c, h, w) of √(Var_group(h_c,h,w) + 10⁻⁸), in float32, broadcast to the group's
     samples and positions.
     """
