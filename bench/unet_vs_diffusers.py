@@ -223,6 +223,7 @@ def flop_counter() -> FlopCounterMode:
 # --------------------------------------------------------------------------- the benchmark
 
 COMPILED = {"ours_compiled": "ours", "diffusers_compiled": "diffusers"}   # compiled model -> its eager twin
+TWINS = {**COMPILED, "ours_default_adamw": "ours"}     # same network as another model: its FLOPs are not recounted
 
 
 def compiled_pair(ours: nn.Module, theirs: nn.Module) -> dict[str, nn.Module]:
@@ -268,8 +269,8 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
     # FLOPs of one forward (sampling) and of one forward + backward (training), counted in fp32.
     flops = {}
     for k, m in models.items():
-        if k in COMPILED:
-            continue                                                       # same network as its eager twin
+        if k in TWINS:
+            continue                                                       # same network as its twin
         m.eval()
         with flop_counter() as forward:
             sampling_step(m, x, t, device, None)()
@@ -278,7 +279,7 @@ def bench_size(name: str, args, device: torch.device, sync, log) -> dict:
             F.mse_loss(m(x, t), eps).backward()
         m.zero_grad(set_to_none=True)
         flops[k] = {"sample": forward.get_total_flops(), "train": forward_backward.get_total_flops()}
-    for k, eager in COMPILED.items():
+    for k, eager in TWINS.items():
         if k in models:
             flops[k] = flops[eager]
     log(f"[{name}] GFLOP per image, forward: ours {flops['ours']['sample'] / batch / 1e9:.3f}  "
