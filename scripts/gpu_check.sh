@@ -103,10 +103,15 @@ import torch
 from trilemma.train import family
 
 runs = Path(sys.argv[1])
-cases = {"ddpm": dict(data="digits"), "gan": dict(data="digits"),
-         "autoencoder": dict(data="digits", factor=2, disc_weight=0.1, disc_start=2)}
-for kind, opts in cases.items():
+# every trainer (tests/test_host_sync.py checks the same steps' Python-level host reads on the CPU in CI)
+cases = {"ddpm": dict(data="digits"), "ddpm-class-cond": dict(data="digits", class_cond=True),
+         "gan": dict(data="digits"), "vae": dict(data="digits"),
+         "autoencoder": dict(data="digits", factor=2, disc_weight=0.1, disc_start=2),
+         "ldm": dict(autoencoder=str(runs / "autoencoder-fp32")), "t2i": dict(data="shapes"),
+         "ddgan": dict(data="digits", d_steps=2, lazy_reg=2)}
+for case, opts in cases.items():
     from trilemma.registry import train_spec
+    kind = case.split("-")[0]
     spec, steps, seen = train_spec(kind), 30, []
 
     def build(out, config, dataset, progress, spec=spec):
@@ -121,12 +126,12 @@ for kind, opts in cases.items():
         return built
     import dataclasses
     try:
-        family.train(dataclasses.replace(spec, build=build), runs / f"sync-{kind}", steps=steps, preset="tiny",
+        family.train(dataclasses.replace(spec, build=build), runs / f"sync-{case}", steps=steps, preset="tiny",
                      batch_size=16, device="cuda", log_every=1000, checkpoint_minutes=0, sample_minutes=0,
                      progress=False, evaluate=False, **opts)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    print(f"{kind}: {steps - 4} training steps without a host sync")
+    print(f"{case}: {steps - 4} training steps without a host sync")
 EOF
     check "--deterministic resume is bit-exact on CUDA" $PY - "$RUNS" <<'EOF'
 import sys

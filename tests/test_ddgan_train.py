@@ -187,6 +187,27 @@ def test_resume_is_exact_and_lazy_r1_stays_in_phase(tmp_path):
     assert {"loss_d", "loss_g", "r1", "d_real", "d_fake"} <= set(rows(tmp_path / "split")[-1])
 
 
+def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):
+    """D's update count lives in its parameter group (no read of Adam's step tensor, which a GPU would wait
+    for); a run saved before that key (here: the key removed) takes it from Adam's counter once, in phase."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    kw = {"lazy_reg": 4, "r1_gamma": 1.0, "d_steps": 2}                    # the resume starts mid-phase (6 % 4)
+    tiny(tmp_path / "straight", 6, **kw)
+    tiny(tmp_path / "old", 3, **kw)
+    assert optimizer_groups(tmp_path / "old")["opt_d"]["d_updates"] == 6      # 3 iterations × 2 D updates
+    path = tmp_path / "old" / "state" / "optim.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    meta = json.loads(metadata["meta"])
+    del meta["opt_d"]["param_groups"][0]["d_updates"]
+    save_file(tensors, str(path), metadata={**metadata, "meta": json.dumps(meta)})
+    train_ddgan(tmp_path / "old", steps=6, resume=True, progress=False)
+    assert_same_run(tmp_path / "old", tmp_path / "straight")
+    assert optimizer_groups(tmp_path / "old")["opt_d"]["d_updates"] == 12
+
+
 def test_dcgan_sized_networks_train_resume_exactly_and_load_for_sampling(tmp_path, capsys):
     """--arch dcgan: the DCGAN-sized G and D in the same game, recorded in config.json, exact resume, sampling."""
     from trilemma.ddgan import DCGANDiscriminator, DCGANGenerator

@@ -72,10 +72,25 @@ def ddgan_schedule(config: DDGANConfig) -> NoiseSchedule:
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def _at(schedule: NoiseSchedule, values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``values[t]`` as ``like``'s dtype/device, shaped to broadcast against it: (B,) → (B, 1, 1, 1)."""
-    out = torch.tensor(np.array(values), dtype=like.dtype, device=like.device)[t.to(like.device)]
-    return out.reshape(t.shape[0], *([1] * (like.dim() - 1)))
+def _derived(schedule: NoiseSchedule, name: str) -> np.ndarray:
+    """A coefficient array of the DDGAN steps by name: a schedule attribute, or one derived from them."""
+    if name == "sqrt_alphas":
+        return np.sqrt(schedule.alphas)
+    if name == "sqrt_betas":
+        return np.sqrt(schedule.betas)
+    if name in ("posterior_c0", "posterior_ct"):
+        return posterior_coefficients(schedule)[name == "posterior_ct"]
+    return getattr(schedule, name)
+
+
+def _at(schedule: NoiseSchedule, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The coefficient ``name`` at steps ``t``, in ``like``'s dtype and device, shaped to broadcast: (B,) → (B, 1, 1, 1).
+
+    The (T+1,) table is made on the device once per schedule, device and dtype (cached in the
+    schedule), so a training step on a GPU indexes it there without copying from the host.
+    """
+    table = schedule.tensor(f"ddgan:{name}", like.device, like.dtype, values=lambda: _derived(schedule, name))
+    return table[t].reshape(t.shape[0], *([1] * (like.dim() - 1)))
 
 
 def randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,8 +108,15 @@ def sample_t(batch: int, T: int, device: torch.device | str, generator: torch.Ge
 
 
 def _check_t(schedule: NoiseSchedule, t: torch.Tensor) -> None:
-    if t.dim() != 1 or t.dtype not in (torch.int64, torch.int32) or int(t.min()) < 1 or int(t.max()) > schedule.T:
-        raise ValueError(f"t must be a (B,) integer tensor with values in 1..{schedule.T}")
+    """t must be a (B,) integer tensor with values in 1..T.
+
+    The values are checked without reading them back to the host (``torch._assert_async``): on
+    the CPU an out-of-range step raises here, on a GPU it fails the next kernel launch, and a
+    training step never waits for the device.
+    """
+    if t.dim() != 1 or t.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"t must be a (B,) integer tensor with values in 1..{schedule.T}, got {t.dtype} {tuple(t.shape)}")
+    torch._assert_async(((t >= 1) & (t <= schedule.T)).all(), f"t must have values in 1..{schedule.T}")
 
 
 # --------------------------------------------------------------------------------------- real pairs
@@ -110,10 +132,10 @@ def q_sample_pairs(schedule: NoiseSchedule, x_0: torch.Tensor, t: torch.Tensor,
     _check_t(schedule, t)
     eps = randn(x_0.shape, x_0, generator)                                          # (B, C, H, W)
     eps_step = randn(x_0.shape, x_0, generator)                                     # (B, C, H, W)
-    x_prev = (_at(schedule, schedule.sqrt_alpha_bar, t - 1, x_0) * x_0
-              + _at(schedule, schedule.sqrt_one_minus_alpha_bar, t - 1, x_0) * eps)  # (B, C, H, W) ~ q(x_{t−1}|x_0)
-    x_t = (_at(schedule, np.sqrt(schedule.alphas), t, x_0) * x_prev
-           + _at(schedule, np.sqrt(schedule.betas), t, x_0) * eps_step)             # (B, C, H, W) ~ q(x_t|x_{t−1})
+    x_prev = (_at(schedule, "sqrt_alpha_bar", t - 1, x_0) * x_0
+              + _at(schedule, "sqrt_one_minus_alpha_bar", t - 1, x_0) * eps)        # (B, C, H, W) ~ q(x_{t−1}|x_0)
+    x_t = (_at(schedule, "sqrt_alphas", t, x_0) * x_prev
+           + _at(schedule, "sqrt_betas", t, x_0) * eps_step)                        # (B, C, H, W) ~ q(x_t|x_{t−1})
     return x_prev, x_t
 
 
@@ -132,9 +154,9 @@ def posterior_mean_var(schedule: NoiseSchedule, x0_hat: torch.Tensor, x_t: torch
                        t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean μ̃_t (B, C, H, W) and variance β̃_t (B, 1, 1, 1) of q(x_{t−1} | x_t, x̂₀), per-sample t."""
     _check_t(schedule, t)
-    c0, ct = posterior_coefficients(schedule)
-    mean = _at(schedule, c0, t, x_t) * x0_hat + _at(schedule, ct, t, x_t) * x_t      # (B, C, H, W)
-    return mean, _at(schedule, schedule.posterior_var, t, x_t)                       # (B, 1, 1, 1)
+    mean = (_at(schedule, "posterior_c0", t, x_t) * x0_hat
+            + _at(schedule, "posterior_ct", t, x_t) * x_t)                           # (B, C, H, W)
+    return mean, _at(schedule, "posterior_var", t, x_t)                              # (B, 1, 1, 1)
 
 
 def posterior_sample(schedule: NoiseSchedule, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,

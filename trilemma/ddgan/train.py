@@ -81,11 +81,16 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
 
 
 def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
-    """D updates made so far, read from Adam's own step counter (so lazy R1 stays in phase across resumes)."""
-    for state in opt_d.state.values():
-        if "step" in state:
-            return int(state["step"])
-    return 0
+    """D updates made so far (so lazy R1 stays in phase across resumes).
+
+    Counted in Python in D's first parameter group (``"d_updates"``, saved and restored with
+    the optimiser's state, so reading it never waits for a GPU); a run saved before that key
+    existed starts it from Adam's own step counter, read once.
+    """
+    group = opt_d.param_groups[0]
+    if "d_updates" not in group:
+        group["d_updates"] = next((int(state["step"]) for state in opt_d.state.values() if "step" in state), 0)
+    return group["d_updates"]
 
 
 def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
@@ -109,6 +114,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
         loss_d.backward()
         grad_norm_d = grad_norm_and_clip(D.parameters(), grad_clip)
         opt_d.step()
+        opt_d.param_groups[0]["d_updates"] += 1
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -137,11 +137,17 @@ class NoiseSchedule:
         """Number of steps of this schedule (after respacing: the number kept)."""
         return len(self.betas) - 1
 
-    def tensor(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A coefficient array as a tensor on ``device`` (float32 unless ``dtype``; cached)."""
+    def tensor(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+               values: Callable[[], np.ndarray] | None = None) -> torch.Tensor:
+        """A coefficient array as a tensor on ``device`` (float32 unless ``dtype``; cached).
+
+        ``name`` is an attribute of the schedule, or with ``values`` any name for an array derived
+        from them (``values()`` is called once, on the first use of that name, device and dtype).
+        """
         key = (name, str(device), dtype)
         if key not in self._tensors:
-            self._tensors[key] = torch.tensor(np.array(getattr(self, name)), dtype=dtype, device=device)
+            array = values() if values is not None else getattr(self, name)
+            self._tensors[key] = torch.tensor(np.array(array), dtype=dtype, device=device)
         return self._tensors[key]
 
     # ------------------------------------------------------- forward process
