@@ -138,7 +138,7 @@ def channels_last_twin(name: str, image_size: int, in_channels: int, device: tor
 # --------------------------------------------------------------------------- timing
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 CLOCKS = ("wall", "cpu")   # time.perf_counter, and time.process_time (this process's CPU seconds)

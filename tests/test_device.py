@@ -123,3 +123,106 @@ def test_the_loop_keeps_resident_batches_equal_to_cpu_batches():
     with resident(torch.device("cpu"), 10**9):                         # the CPU path: no copy
         b = ds.batch(idx, torch.Generator().manual_seed(0))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_binarise_draws_from_the_generators_device_and_moves_the_draw(monkeypatch):
+    """The VAE's Bernoulli binarisation with images resident on another device than the CPU data generator
+    (here the meta device stands in for a GPU, where torch refuses a CPU generator): the uniforms are drawn
+    on the generator's device and then moved, so a GPU run binarises exactly as a CPU run."""
+    from trilemma.vae.losses import binarise
+
+    x = torch.rand(2, 1, 4, 4) * 2 - 1
+    real_rand, draws = torch.rand, []
+
+    def rand(*args, generator=None, device=None, **kw):
+        draws.append(torch.device(device or "cpu"))
+        assert generator is None or draws[-1] == generator.device, "drawn off the generator's device"
+        return real_rand(*args, generator=generator, device=device, **kw)
+
+    monkeypatch.setattr(torch, "rand", rand)
+    on_cpu = binarise(x, torch.Generator().manual_seed(3))
+    assert set(on_cpu.unique().tolist()) <= {-1.0, 1.0}
+    elsewhere = binarise(x.to("meta"), torch.Generator().manual_seed(3))
+    assert elsewhere.device.type == "meta" and elsewhere.shape == x.shape
+    assert draws[-1] == torch.device("cpu")
+
+
+def test_cuda_rng_states_restore_in_device_order_and_only_for_visible_gpus(monkeypatch):
+    """Saved on 12 GPUs: keys sort by number (not as text: cuda10 after cuda9), and with fewer GPUs visible
+    now only theirs are restored (no IndexError)."""
+    states = {f"torch_cuda{i}": torch.full((4,), i, dtype=torch.uint8) for i in range(12)}
+    tensors = {"torch_cpu": torch.get_rng_state(), **states}
+    for visible in (12, 2):
+        calls = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda visible=visible: visible)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, i: calls.append((i, int(state[0]))))
+        common.rng_from_tensors(tensors, {})
+        assert calls == [(i, i) for i in range(visible)]
+
+
+def test_native_bf16_on_cuda_needs_compute_capability_8_for_that_device(monkeypatch):
+    asked = []
+
+    def capability(device=None):
+        asked.append(device)
+        return {None: (8, 0), 1: (7, 5)}[device if device is None else device.index]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # says yes for emulation too
+    assert device_mod.native_bf16(torch.device("cuda")) is True                # the current GPU: an A100
+    assert device_mod.native_bf16(torch.device("cuda:1")) is False             # a T4 as cuda:1
+    assert asked == [None, torch.device("cuda:1")]
+
+
+def test_deterministic_mode_on_cuda_uses_the_math_attention_kernel(monkeypatch):
+    flags = {}
+    for name in ("enable_flash_sdp", "enable_mem_efficient_sdp", "enable_cudnn_sdp"):
+        monkeypatch.setattr(torch.backends.cuda, name, lambda on, name=name: flags.__setitem__(name, on))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        device_mod.set_precision(torch.device("cuda"), tf32=False, deterministic=True)
+        assert flags == dict.fromkeys(flags, False) and len(flags) == 3
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        device_mod.set_precision(torch.device("cuda"), tf32=False, deterministic=False)
+        assert flags == dict.fromkeys(flags, True)
+    finally:
+        device_mod.set_precision(torch.device("cpu"), tf32=False, deterministic=False)
+        torch.backends.cudnn.deterministic = False
+
+
+def test_the_cublas_workspace_is_set_before_the_trainer_is_built(tmp_path, cache, monkeypatch):
+    """--deterministic: CUBLAS_WORKSPACE_CONFIG is read once, at cuBLAS's first call, and building a
+    trainer may already call it (encoding a latent cache on the GPU), so it is set before build."""
+    import dataclasses
+    import os
+
+    from trilemma.ddpm.train import SPEC
+    from trilemma.train import family
+
+    seen = []
+
+    def build(out, config, dataset, progress):
+        seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        return SPEC.build(out, config, dataset, progress)
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        family.train(dataclasses.replace(SPEC, build=build), tmp_path / "run", steps=1, deterministic=True,
+                     **{k: v for k, v in TINY.items() if k != "progress"}, progress=False)
+    finally:
+        device_mod.set_precision(torch.device("cpu"), tf32=False, deterministic=False)
+    assert seen == [":4096:8"]
+
+
+def test_the_latent_t2i_recipe_passes_the_precision_options_to_its_autoencoder():
+    from trilemma.t2i.recipe import autoencoder_options
+
+    ae = autoencoder_options({"data": "shapes", "preset": "tiny", "seed": 3, "device": "cpu", "bf16": False,
+                              "tf32": True, "deterministic": True, "compile": True, "lr": 2e-3})
+    assert {k: ae[k] for k in ("tf32", "deterministic", "compile", "seed")} == \
+        {"tf32": True, "deterministic": True, "compile": True, "seed": 3}
+    assert "lr" not in ae

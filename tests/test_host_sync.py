@@ -83,6 +83,7 @@ CASES = {
     "ddpm-class-cond": ("ddpm", dict(data="digits", class_cond=True)),
     "gan": ("gan", dict(data="digits")),
     "vae": ("vae", dict(data="digits")),
+    "vae-bernoulli": ("vae", dict(data="digits", likelihood="bernoulli")),
     "autoencoder": ("autoencoder", dict(data="digits", factor=2, disc_weight=0.1, disc_start=2)),
     "ldm": ("ldm", dict(autoencoder=None)),
     "ddgan": ("ddgan", dict(data="digits", d_steps=2, lazy_reg=2)),

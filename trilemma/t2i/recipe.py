@@ -72,11 +72,12 @@ def latent_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def autoencoder_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Phase 1's ``train autoencoder`` options: the same data, preset, seed, device and precision."""
+    """Phase 1's ``train autoencoder`` options: the same data, preset, seed, device and precision options."""
     data_keys = option_names((DataConfig,))
     ae = {k: v for k, v in values.items() if k in data_keys and v is not None}
     ae.setdefault("data", "shapes")
-    keep = {k: values[k] for k in ("preset", "seed", "device", "bf16") if values.get(k) is not None}
+    keep = {k: values[k] for k in ("preset", "seed", "device", "bf16", "tf32", "deterministic", "compile")
+            if values.get(k) is not None}
     return {**ae, **keep, "factor": autoencoder_factor(ae["data"]), "recon_fid": False, "eval_n": 1000}
 
 

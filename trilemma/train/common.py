@@ -260,9 +260,11 @@ def rng_to_tensors(generators: dict[str, torch.Generator]) -> dict[str, torch.Te
 def rng_from_tensors(tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(tensors["torch_cpu"])
     if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda")]
-        if states:
-            torch.cuda.set_rng_state_all(states)
+        keys = sorted((k for k in tensors if k.startswith("torch_cuda")), key=lambda k: int(k[len("torch_cuda"):]))
+        # Saved with more GPUs visible than now: restore those that exist (the loop reseeds the global
+        # RNGs every step, so these states only matter before the first step).
+        for i, key in enumerate(keys[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(tensors[key], i)
     for name, g in generators.items():
         g.set_state(tensors[f"gen.{name}"])
 
@@ -328,7 +330,7 @@ class Checkpoint:
         try:
             rng = load_tensors(rng_path)
             rng_from_tensors(rng, generators)
-        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
             raise RunError(f"{rng_path}: unreadable or not this run's ({type(e).__name__}: {e}); "
                            f"cannot resume") from None
         data_order = {k[len("data."):]: v for k, v in rng.items() if k.startswith("data.")}

@@ -276,7 +276,7 @@ class _GlobalBatchNorm:
         self._check_input_dim(x)
         dims = [0, *range(2, x.ndim)]
         xf = x.float()
-        n_local = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        n_local = xf.new_full((1,), x.numel() / x.shape[1])                  # filled on the device: no copy
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), n_local])
         stats = _SumOverRanks.apply(stats)
         c = x.shape[1]

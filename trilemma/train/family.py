@@ -28,7 +28,7 @@ from trilemma.train import distributed
 from trilemma.train.common import TrainConfig
 from trilemma.train.loop import FitResult, Trainer, fit
 from trilemma.train.rundir import prepare_run_dir, resume_config
-from trilemma.utils.device import check_bf16, pick_device
+from trilemma.utils.device import check_bf16, deterministic_workspace, pick_device
 from trilemma.utils.io import read_json
 
 PRESETS = ("tiny", "small", "base")
@@ -161,6 +161,8 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
             config, dataset = prepared
         else:
             config, dataset = read_json(out / "config.json"), None
+        if config.get("train", {}).get("deterministic"):
+            deterministic_workspace()                                  # before build's first cuBLAS call
         built = distributed.main_first(lambda: spec.build(out, config, dataset, progress and w.is_main), w)
         result = fit(out, built.trainer, train=built.train, num_examples=built.num_examples, device=built.device,
                      resume=resume, progress=progress, desc=spec.desc)

@@ -23,7 +23,8 @@ def pick_device(name: str | None = None) -> torch.device:
     except RuntimeError:
         raise TrilemmaError(f"--device: unknown device {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrilemmaError(f"--device {name}: CUDA is not available on this machine")
+        raise TrilemmaError(f"--device {name}: CUDA is not available on this machine (use --device cpu; with "
+                            f"--resume it continues a run saved on a GPU)")
     if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return device
@@ -48,17 +49,29 @@ def set_precision(device: torch.device, tf32: bool, deterministic: bool) -> None
     """``--tf32`` (TensorFloat-32 matmuls and convolutions on CUDA) and ``--deterministic``.
 
     Deterministic mode: ``torch.use_deterministic_algorithms`` (warning where an op has no
-    deterministic kernel), cuDNN without benchmarking, and the cuBLAS workspace setting
-    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (effective when set before the first cuBLAS call).
+    deterministic kernel), cuDNN without benchmarking, the cuBLAS workspace setting
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (:func:`deterministic_workspace`; effective when set
+    before the first cuBLAS call, which ``trilemma.train.family.train`` does), and on CUDA the
+    math kernel of ``scaled_dot_product_attention``: the flash, memory-efficient and cuDNN
+    attention backwards accumulate in a nondeterministic order and only warn under
+    ``use_deterministic_algorithms``.
     """
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
+        for enable in (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
+                       torch.backends.cuda.enable_cudnn_sdp):
+            enable(not deterministic)
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        deterministic_workspace()
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def deterministic_workspace() -> None:
+    """``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set: cuBLAS's deterministic workspace, read once at its first call."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def resident_bytes(device: torch.device, share: float = 0.25) -> int:
@@ -78,9 +91,14 @@ def autocast(device: torch.device, bf16: bool):
 
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast is likely to be faster than fp32 here: a CUDA GPU with bf16 support,
-    or a CPU with bf16 instructions (AVX512-BF16 or AMX; without them bf16 is emulated and slow)."""
+    or a CPU with bf16 instructions (AVX512-BF16 or AMX; without them bf16 is emulated and slow).
+
+    On CUDA: compute capability 8.0 or newer (Ampere on) for the device itself (``cuda:N``, or the
+    current GPU); ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        return torch.cuda.get_device_capability(device if device.index is not None else None) >= (8, 0)
     if device.type != "cpu":
         return False
     try:

@@ -69,9 +69,14 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 
 
 def binarise(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Stochastic binarisation (Salakhutdinov & Murray 2008): x ∈ [−1, 1] → 2·Bernoulli((x + 1)/2) − 1 ∈ {−1, 1}."""
+    """Stochastic binarisation (Salakhutdinov & Murray 2008): x ∈ [−1, 1] → 2·Bernoulli((x + 1)/2) − 1 ∈ {−1, 1}.
+
+    The uniforms come from ``generator`` on its own device (the trainer's CPU data generator, also
+    when the images are resident on a GPU: the same draws as a CPU run) and then move to x's.
+    """
     p = ((x + 1) / 2).clamp(0, 1)
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    where = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape, generator=generator, device=where, dtype=x.dtype).to(x.device, non_blocking=True)
     return torch.where(u < p, 1.0, -1.0).to(x.dtype)
 
 
