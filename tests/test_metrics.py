@@ -447,6 +447,9 @@ class CopyingRun:
     def nfe(self, options):
         return 1
 
+    def sampling_record(self, options):
+        return {}                                   # a GAN uses no sampling options
+
     def generator(self, seed):
         return torch.Generator().manual_seed(seed)
 

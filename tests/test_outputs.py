@@ -92,6 +92,29 @@ def test_output_file_refuses_folders_special_files_and_existing(tmp_path):
     one_line(e.value, "--out:", "already exists")
 
 
+def test_output_file_refuses_the_files_a_run_keeps(tmp_path):
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "autoencoder").mkdir()
+    for name in ("config.json", "model.safetensors", "loss.png", "metrics.jsonl", "state/trainer.json",
+                 "autoencoder/config.json"):
+        (run / name).write_text("{}")
+    for name, suffixes in (("config.json", (".json",)), ("state/trainer.json", (".json",)),
+                           ("state/new.json", (".json",)), ("loss.png", (".png",)),
+                           ("metrics.jsonl", None), ("ema.safetensors", None), ("autoencoder/config.json", None),
+                           ("autoencoder/model.safetensors", None)):
+        with pytest.raises(TrilemmaError) as e:
+            output_file(run / name, "--json", suffixes=suffixes)
+        one_line(e.value, "--json", "of the run folder", "choose another name")
+    (tmp_path / "link.json").symlink_to(run / "config.json")     # a link to a run's file is that file
+    with pytest.raises(TrilemmaError, match="config.json of the run folder"):
+        output_file(tmp_path / "link.json", "--json", suffixes=(".json",))
+    # the run's own eval.json, sample grids and a user's new files beside the run may be written
+    for name in ("eval.json", "samples/ddim.png", "grid.png", "autoencoder/grid.png"):
+        assert output_file(run / name, "--out", suffixes=None) == run / name
+    assert output_file(tmp_path / "config.json", "--json", suffixes=(".json",))   # not inside a run
+
+
 def test_output_file_parent_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     for path in (tmp_path / "file" / "x.png", tmp_path / "file" / "deeper" / "x.png"):

@@ -123,6 +123,22 @@ class GeneratorRun:
 
     # Runs whose sample_batch takes a per-step ``callback`` (diffusion) set this to True.
     reports_steps: bool = False
+    # Diffusion runs read the sampler fields of SampleOptions (sampler, steps, eta, …); the others
+    # (VAE, GAN, DDGAN, autoencoder) draw the same way whatever they say.
+    uses_sampler: bool = False
+    # Runs that can be asked for a class (--label): class-conditional diffusion runs (they check it).
+    takes_label: bool = False
+
+    def check_options(self, options: SampleOptions) -> None:
+        """Refuse options that this run would silently ignore (``--label`` on a run without classes)."""
+        if options.label is not None and not self.takes_label:
+            raise TrilemmaError(f"--label: {self.path} is a {self.kind} run, which draws no particular class")
+        if options.guidance != 1.0 and not self.uses_sampler:
+            raise TrilemmaError(f"--guidance: {self.path} is a {self.kind} run, which has no guidance")
+
+    def sampling_record(self, options: SampleOptions) -> dict[str, Any]:
+        """The sampling options as results record them: all of them for diffusion runs, none for the others."""
+        return options.to_dict() if self.uses_sampler else {}
 
     def steps_per_batch(self, options: SampleOptions) -> int:
         """Sequential network calls for one batch (the length of the progress bar per batch)."""
@@ -170,8 +186,41 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
         if key in raw and raw[key] is not None and not isinstance(raw[key], dict):
             raise RunError(f"{file}: section '{key}' must be an object, got {type(raw[key]).__name__}")
     if raw.get("data") is not None:
-        read_data_config(raw["data"], file)
+        data = read_data_config(raw["data"], file)
+        check_model_shape(raw, data, file)
     return Section.wrap(raw, str(file))
+
+
+def check_model_shape(raw: dict[str, Any], data: DataConfig, file: str | Path) -> None:
+    """The model section's input shape agrees with the data (pixel runs) or the latents (latent runs).
+
+    An edited ``data.channels`` or ``data.image_size`` would otherwise reach the network as a
+    shape error from deep inside a convolution, or silently sample at the wrong size.
+    """
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return
+    ae = raw.get("autoencoder")
+    if raw.get("kind") != "autoencoder" and isinstance(ae, dict) and "digest" in ae:      # a latent run
+        shape = ae.get("latent_shape")
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int for v in shape)):
+            raise RunError(f"{file}: autoencoder.latent_shape: expected [channels, height, width], got {shape!r}")
+        expected = {"channels": ("autoencoder.latent_shape[0]", shape[0]),
+                    "image_size": ("autoencoder.latent_shape[1]", shape[1])}
+    else:                                              # pixels, in p × p patches for a t2i run's U-Net
+        text = raw.get("text")
+        p = text.get("patch", 1) if isinstance(text, dict) else 1
+        if type(p) is not int or p < 1:
+            return                                     # the family's reader names this field
+        size = None if data.image_size is None else data.image_size // p
+        expected = {"channels": ("data.channels" + (f" × text.patch² ({p}²)" if p > 1 else ""), data.channels * p * p),
+                    "image_size": ("data.image_size" + (f" / text.patch ({p})" if p > 1 else ""), size)}
+    for key, what in (("in_channels", "channels"), ("channels", "channels"), ("image_size", "image_size")):
+        name, want = expected[what]
+        have = model.get(key)
+        if key in model and want is not None and type(have) is int and have != want:
+            raise RunError(f"{file}: {name} is {want} but model.{key} is {have} (the weights are for {have}); "
+                           f"the file contradicts itself, restore the original")
 
 
 def read_data_config(section: Any, file: str | Path) -> DataConfig:

@@ -13,6 +13,7 @@ space gives *without* a diffusion prior — a baseline for ``trilemma eval``, no
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from trilemma.config import from_dict
 from trilemma.data import ImageDataset, to_uint8
 from trilemma.errors import RunError
 from trilemma.metrics.evaluate import MIN_IMAGES
-from trilemma.run import GeneratorRun, SampleOptions, load_weights, read_run_config
+from trilemma.run import GeneratorRun, SampleOptions, load_weights, read_data_config, read_run_config
 
 AUTOENCODER_DIR = "autoencoder"      # where an ldm run keeps its copy of the autoencoder
 
@@ -47,7 +48,7 @@ class AutoencoderRun(GeneratorRun):
         if not self.weights_path.is_file():
             raise RunError(f"{path}: no {weights}.safetensors (has the run saved a checkpoint yet?)")
         self.step = load_weights(self.weights_path, self.model, device)
-        self.latent_stats: dict[str, Any] | None = config.get("latent")
+        self.latent_stats: dict[str, Any] | None = read_latent_stats(config.get("latent"), f"{path}/config.json")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -99,6 +100,19 @@ class AutoencoderRun(GeneratorRun):
         return self.decode(z)
 
 
+def read_latent_stats(latent: Any, file: str) -> dict[str, Any] | None:
+    """The ``latent`` section of an autoencoder's config.json, checked: ``scale_factor`` a finite number > 0."""
+    if latent is None:
+        return None
+    if not isinstance(latent, dict):
+        raise RunError(f"{file}: latent: expected an object with the latents' moments, got {latent!r}")
+    s = latent.get("scale_factor")
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        raise RunError(f"{file}: latent.scale_factor: expected a finite number > 0 (1 / std of the latents), "
+                       f"got {s!r}")
+    return latent
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -114,6 +128,11 @@ def run_autoencoder(path: Path, config: dict[str, Any], device: torch.device) ->
     if not (ae_dir / "config.json").is_file():
         raise RunError(f"{path}: its copy of the autoencoder ({ae_dir}) is missing; the run cannot decode")
     ae = AutoencoderRun(ae_dir, read_run_config(ae_dir), device)
+    data = read_data_config(config["data"], f"{path}/config.json")
+    for key in ("channels", "image_size"):
+        if getattr(data, key) != getattr(ae.data_config, key):
+            raise RunError(f"{path}/config.json: data.{key} is {getattr(data, key)} but its autoencoder "
+                           f"({ae_dir}) was trained with {getattr(ae.data_config, key)}; restore the original file")
     if file_digest(ae.weights_path) != config["autoencoder"]["digest"]:
         raise RunError(f"{ae.weights_path}: not the autoencoder the run {path} was trained with (SHA-256 differs "
                        f"from its config.json); restore the original file")
@@ -125,6 +144,8 @@ def load_autoencoder(path: str | Path, device: str | torch.device | None = None)
     DDGAN run); anything else is a one-line error."""
     from trilemma.utils.device import pick_device
 
+    if not str(path).strip():
+        raise RunError(f"--autoencoder: expected the run folder of an autoencoder, got {str(path)!r}")
     path = Path(path)
     config = read_run_config(path)
     if config["kind"] != "autoencoder" and config.get("autoencoder"):

@@ -102,6 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
         output_file(Path(args.run) / EVAL_FILE, "RUN", suffixes=None)   # written after sampling: check now
         run = load_run_for_eval(args.run, args.device)
         options = sample_options(args)
+        run.check_options(options)
         n = args.n or DEFAULT_N
         check_sampling_memory(run, n, args.batch_size)
         say(f"sampling {n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
@@ -231,7 +232,7 @@ def source_line(result: dict) -> str:
     if src.get("kind") == "run":
         sampling = src.get("sampling") or {}
         how = ", ".join(f"{k}={v}" for k, v in sampling.items() if v is not None)
-        return f"{result['n']} samples from run {src['path']} ({src['run_kind']}; {how})"
+        return f"{result['n']} samples from run {src['path']} ({src['run_kind']}{'; ' + how if how else ''})"
     return f"{result['n']} images from {src.get('path', src.get('kind'))}"
 
 

@@ -12,6 +12,9 @@ from trilemma.cli.common import Parser, positive_float, positive_int, seed_int, 
 
 def _lazy(module: str):
     def run(args) -> int:
+        from trilemma.utils.outputs import output_dir
+
+        output_dir(args.out, "--out")                  # a file, "", an unwritable place: refused before any work
         return importlib.import_module(f"trilemma.experiments.{module}").main(args)
     return run
 

@@ -90,6 +90,7 @@ def run(args) -> int:
     npz = output_file(args.npz, "--npz", suffixes=(".npz",)) if args.npz is not None else None
     r = load_run(args.run, device=args.device)
     options = sample_options(args)
+    r.check_options(options)
     t0 = time.perf_counter()
     images = r.generate(args.n, seed=args.seed, batch_size=args.batch_size, options=options,
                         progress=not args.quiet)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from trilemma.diffusion.schedule import SCHEDULES
 from trilemma.errors import TrilemmaError
 from trilemma.gan.config import dcgan_geometry
@@ -59,7 +61,7 @@ class DDGANConfig:
     d_steps: int = opt(1, "discriminator updates per generator update, each on fresh pairs of the step's batch "
                             "(paper: 1)", check=int_in(1, 100))
     rec_weight: float = opt(0.0, "weight λ of an L1 reconstruction term λ·mean|x̂₀ − x₀| in G's cost (Trinh & "
-                                 "Hamagami 2024; 0: the paper's pure GAN cost)", check=nonneg)
+                                 "Hamagami 2024; 0: the paper's pure GAN cost)", check=in_range(0.0, 1000.0))
     rec_fade: str = opt("sigmoid", "how λ changes over the budget: sigmoid (λ·(1 − σ(12p − 6)), from λ to ~0 at "
                                    "the end) or constant", choices=("sigmoid", "constant"))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
@@ -74,6 +76,15 @@ class DDGANConfig:
         check_fields(self)
         if not self.beta_min < self.beta_max:
             raise TrilemmaError(f"--beta-min/--beta-max: need beta_min < beta_max, got {self.beta_min}, {self.beta_max}")
+        if self.schedule == "vp":
+            from trilemma.ddgan.diffusion import vp_betas
+
+            with np.errstate(all="ignore"):
+                betas = vp_betas(self.T, self.beta_min, self.beta_max, self.t_eps)
+            if not np.all(np.isfinite(betas) & (betas > 0) & (betas < 1)):
+                raise TrilemmaError(f"--beta-max: with beta_min = {self.beta_min:g}, beta_max = {self.beta_max:g} "
+                                    f"and T = {self.T} a step's β reaches 1 in float64 (all signal gone before "
+                                    f"the last step); use a smaller --beta-max/--beta-min (the paper's: 20 and 0.1)")
         if self.schedule != "vp" and self.base_T < self.T:
             raise TrilemmaError(f"--base-T: must be >= T = {self.T} to respace to T steps, got {self.base_T}")
 

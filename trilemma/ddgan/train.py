@@ -181,6 +181,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec = f"; L1 reconstruction λ = {ddgan.rec_weight:g}, {ddgan.rec_fade}" if ddgan.rec_weight > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
+                      eager=("disc",) if ddgan.r1_gamma > 0 else (),    # R1 differentiates D's gradient
                       plot=(("loss_d", "loss_g"), f"{out.name}: DDGAN D and G losses (T = {ddgan.T})"),
                       describe=f"training DDGAN (T = {ddgan.T}; G {count_parameters(G) / 1e6:.2f}M, "
                                f"D {count_parameters(D) / 1e6:.2f}M parameters; R1 γ = {ddgan.r1_gamma} every "

@@ -36,6 +36,8 @@ class DiffusionRun(GeneratorRun):
 
     kind = "ddpm"
     reports_steps = True
+    uses_sampler = True
+    takes_label = True                  # conditioning() refuses it on runs without classes
 
     def __init__(self, path: Path, config: dict[str, Any], device: torch.device, weights: str = "auto"):
         super().__init__(path, config, device)
@@ -64,15 +66,21 @@ class DiffusionRun(GeneratorRun):
         """Diffused variable -> image in [-1, 1] (identity in pixel space)."""
         return x_0
 
+    def check_options(self, options: SampleOptions) -> None:
+        """``--label`` only on class-conditional runs, and within their classes."""
+        if options.label is None:
+            return
+        if not self.diffusion.class_cond:
+            raise TrilemmaError(f"--label: {self.path} is not class-conditional")
+        if not -1 <= options.label < self.unet_config.num_classes:
+            raise TrilemmaError(f"--label: must be in 0..{self.unet_config.num_classes - 1}, got {options.label}")
+
     def conditioning(self, n: int, options: SampleOptions) -> tuple[dict | None, dict | None]:
         """(cond, uncond) inputs of the network for a batch of n."""
+        self.check_options(options)
         if not self.diffusion.class_cond:
-            if options.label is not None:
-                raise TrilemmaError(f"--label: {self.path} is not class-conditional")
             return None, None
         label = -1 if options.label is None else options.label
-        if not -1 <= label < self.unet_config.num_classes:
-            raise TrilemmaError(f"--label: must be in 0..{self.unet_config.num_classes - 1}, got {label}")
         y = torch.full((n,), label, device=self.device, dtype=torch.long)
         return {"y": y}, {"y": torch.full_like(y, -1)}
 

@@ -5,14 +5,44 @@
 - ``sharpness.py``     the variance of the Laplacian, a per-image sharpness measure.
 - ``latent_vs_pixel.py`` latent vs pixel diffusion under one training budget; the autoencoder factor sweep.
 - ``demo.py``          the recipe of ``trilemma demo``: an autoencoder, then a latent DDPM, in one budget.
+- ``trilemma.py``      VAE, GAN, DDPM, latent DDPM and the DDGANs under one budget: the trilemma table and plot.
+- ``steps.py``         FID against NFE for every sampler.
 
 Their command-line options are declared in :mod:`trilemma.cli.experiment`; each experiment module's
 ``main(args)`` does the work.
-Options left unset fall back to the defaults of the experiment's config dataclass.
+Options left unset fall back to the defaults of the experiment's config dataclass. A folder's
+runs are reused by a re-run only with the same training settings (:func:`check_settings`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from trilemma.errors import TrilemmaError
+from trilemma.utils.io import read_json, write_json
+
+SETTINGS_FILE = "settings.json"   # the settings an experiment folder's runs were trained with
 
 
+def check_settings(out: Path, experiment: str, settings: dict[str, Any]) -> None:
+    """Refuse to reuse the runs in ``out`` when they were trained with other ``settings``; else record them.
 
+    An experiment re-run into the same folder reuses its finished runs; that is only honest when
+    the runs were trained with the same data, budget, sizes and seed. ``settings`` are those
+    training settings (sampling and evaluation settings may change: their results are cached by
+    value). The first run into a folder writes ``out/settings.json``.
+    """
+    file = Path(out) / SETTINGS_FILE
+    settings = {"experiment": experiment, **settings}
+    if file.is_file():
+        stored = read_json(file)
+        if not isinstance(stored, dict):
+            raise TrilemmaError(f"{file}: expected a JSON object of settings; remove the file or choose another --out")
+        differ = [k for k in settings if stored.get(k) != settings[k]]
+        if differ:
+            shown = ", ".join(f"{k} {stored.get(k)!r} (now {settings[k]!r})" for k in differ)
+            raise TrilemmaError(f"--out {out}: its runs were trained with other settings: {shown}; rerun with "
+                                f"those settings or choose another --out")
+        return
+    write_json(file, settings)

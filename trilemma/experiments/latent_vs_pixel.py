@@ -42,12 +42,15 @@ from trilemma.autoencoder.config import preset as ae_preset
 from trilemma.autoencoder.networks import Autoencoder
 from trilemma.data import load_dataset, to_uint8
 from trilemma.errors import TrilemmaError
+from trilemma.experiments import check_settings
 from trilemma.ldm.config import latent_unet_preset
 from trilemma.nets.unet import UNet, count_parameters
 from trilemma.nets.unet import preset as unet_preset
+from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.console import say
+from trilemma.utils.device import pick_device
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 
@@ -89,6 +92,8 @@ class LatentVsPixelConfig:
         for name in ("n", "ddim_steps", "batch_size", "speed_batch"):
             if getattr(self, name) <= 0:
                 raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        if self.n < MIN_IMAGES:
+            raise TrilemmaError(f"--n: the metrics need at least {MIN_IMAGES} samples per model, got {self.n}")
 
     @property
     def budget_minutes(self) -> float:
@@ -383,8 +388,11 @@ def plot_samples(grids: dict[str, torch.Tensor], path: Path) -> Path:
 
 def run_latent_vs_pixel(cfg: LatentVsPixelConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
+    pick_device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, "latent-vs-pixel", {k: getattr(cfg, k) for k in (
+        "data", "minutes", "ae_minutes", "steps", "ae_steps", "preset", "factor", "latent_channels", "seed")})
     total = cfg.budget_minutes
 
     # -- the latent arm: autoencoder (+ encoding), then the latent DDPM with the rest of the budget

@@ -22,7 +22,8 @@ scored as a floor.
 Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
 the numbers), ``DIR/results.json``, ``DIR/trilemma.png`` (FID against images/s on log axes,
 colour = recall, marker size = coverage, with a sample grid per model beside it) and
-``DIR/samples_<row>.png``. Re-running reuses finished runs (``state/trainer.json`` present) and
+``DIR/samples_<row>.png``. Re-running reuses finished runs (``state/trainer.json`` present; only with
+the same data, budget, preset and seed, recorded in ``DIR/settings.json``, else it is refused) and
 finished evaluations (``DIR/evals/<row>.json``, when made with the same n and seed, and for the
 diffusion rows the same sampling options).
 """
@@ -39,6 +40,8 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
+from trilemma.experiments import check_settings
+from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.console import say
@@ -55,6 +58,7 @@ DIFFUSION_ROWS = ("ddpm-ddim", "ddpm-fast", "ldm")   # the rows whose sampling o
 ROWS = {"vae": ("vae", "VAE"), "gan": ("gan", "GAN (DCGAN)"), "ddpm-ddim": ("ddpm", "DDPM, DDIM"),
         "ddpm-fast": ("ddpm", "DDPM, fast solver"), "ldm": ("ldm", "latent DDPM, DDIM"),
         "ddgan": ("ddgan", "DDGAN"), "lddgan": ("lddgan", "latent DDGAN")}
+MIN_MINUTES = 0.25             # per model: below it the autoencoder's first steps can use up a latent arm
 AE_SHARE = 1 / 3               # of the latent arm's minutes, for the autoencoder
 LDDGAN_LR, LDDGAN_LR_D = 6.4e-4, 1e-3     # the latent DDGAN's G and D learning rates (see train_run)
 LDDGAN_D_STEPS = 2                         # and its D updates per G update
@@ -87,6 +91,16 @@ class TrilemmaConfig:
                 raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         if self.preset not in ("tiny", "small", "base"):
             raise TrilemmaError(f"--preset: must be tiny, small or base, got {self.preset!r}")
+        if self.n < MIN_IMAGES:
+            raise TrilemmaError(f"--n: the metrics need at least {MIN_IMAGES} samples per model, got {self.n}")
+        if self.minutes is not None and self.minutes < MIN_MINUTES:
+            raise TrilemmaError(f"--minutes: at least {MIN_MINUTES} per model (the latent arms share it between "
+                                f"an autoencoder and a latent model), got {self.minutes:g}")
+
+    def training_settings(self) -> dict[str, Any]:
+        """What the runs of an experiment folder were trained with (see :func:`check_settings`)."""
+        return {"data": self.data, "minutes": self.minutes, "steps": self.steps, "preset": self.preset,
+                "ddgan_T": self.ddgan_T, "seed": self.seed}
 
     @property
     def budget_minutes(self) -> float:
@@ -332,8 +346,10 @@ def plot(results: dict[str, dict[str, Any]], grids: dict[str, torch.Tensor], flo
 # ----------------------------------------------------------------------------------------- the experiment
 def run_trilemma(cfg: TrilemmaConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
+    pick_device(cfg.device)                                               # and so does a bad --device
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, "trilemma", cfg.training_settings())
     paths = {name: train_run(name, out, cfg, progress) for name in RUNS}
     budgets = {name: training_budget(paths[name]) for name in RUNS}
 

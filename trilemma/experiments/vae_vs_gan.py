@@ -36,10 +36,13 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
+from trilemma.experiments import check_settings
 from trilemma.experiments.sharpness import sharpness_summary
+from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.console import say
+from trilemma.utils.device import pick_device
 from trilemma.utils.io import read_json, write_json
 from trilemma.viz import _pyplot, grid_array, save_figure, save_grid
 
@@ -68,6 +71,8 @@ class VaeVsGanConfig:
         for name in ("n", "sharpness_n", "grid_n", "ddim_steps", "batch_size", "speed_batches"):
             if getattr(self, name) <= 0:
                 raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
+        if self.n < MIN_IMAGES:
+            raise TrilemmaError(f"--n: the metrics need at least {MIN_IMAGES} samples per model, got {self.n}")
 
     @property
     def budget(self) -> dict[str, Any]:
@@ -134,13 +139,14 @@ def evaluate(path: Path, options: SampleOptions, cfg: VaeVsGanConfig, progress: 
     from trilemma.metrics.evaluate import EVAL_FILE
 
     cached = path / EVAL_FILE
+    run = load_run(path, device=cfg.device)
     if cached.is_file():
         result = read_json(cached)
         src = result.get("source", {})
-        if result.get("n") == cfg.n and src.get("sampling") == options.to_dict() and src.get("seed") == cfg.seed:
+        if (result.get("n") == cfg.n and src.get("sampling") == run.sampling_record(options)
+                and src.get("seed") == cfg.seed):
             say(f"vae-vs-gan: reusing {cached}")
             return result
-    run = load_run(path, device=cfg.device)
     say(f"vae-vs-gan: scoring {cfg.n} samples of {path} ({run.describe(options)})")
     result = evaluate_run(run, cfg.n, options, seed=cfg.seed, batch_size=cfg.batch_size,
                           speed_batches=cfg.speed_batches, progress=progress, log=say if progress else None)
@@ -215,7 +221,10 @@ def run_vae_vs_gan(cfg: VaeVsGanConfig, out: str | Path, runs: dict[str, str | N
     from trilemma.metrics import evaluate_images
 
     out = Path(out)
+    load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
+    pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, "vae-vs-gan", {"data": cfg.data, **cfg.budget, "preset": cfg.preset, "seed": cfg.seed})
     runs = runs or {}
     paths: dict[str, Path] = {}
     for name in MODELS:                                  # check every given run before training anything

@@ -134,9 +134,12 @@ class TextDiffusionRun(DiffusionRun):
         """Images in [-1, 1] (B, C, H, W) → the diffused variable (patches or scaled latents)."""
         return self.space.encode(images.to(self.device))
 
-    def conditioning(self, n: int, options: SampleOptions) -> tuple[dict, dict]:
+    def check_options(self, options: SampleOptions) -> None:
         if options.label is not None:
             raise TrilemmaError("--label: a text-to-image run takes a prompt, not a class label")
+
+    def conditioning(self, n: int, options: SampleOptions) -> tuple[dict, dict]:
+        self.check_options(options)
         return text_conditioning(self.encoder, prompt_list(options.prompt, n), options.negative, self.device)
 
     def dataset_captions(self) -> list[str]:

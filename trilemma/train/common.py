@@ -56,7 +56,8 @@ class TrainConfig:
     warmup_steps: int = opt(100, "linear learning-rate warm-up steps", check=nonneg_int)
     lr_decay: str = opt("constant", "after warm-up: constant, or cosine to 0 at the end of the --steps/--minutes "
                         "budget", choices=LR_DECAYS)
-    weight_decay: float = opt(0.0, "AdamW weight decay", check=nonneg)
+    weight_decay: float = opt(0.0, "AdamW weight decay (decoupled: each step shrinks the weights by lr × this)",
+                              check=in_range(0.0, 10.0))
     grad_clip: float = opt(1.0, "max global gradient norm (0 = off)", check=nonneg)
     ema_decay: float = opt(0.999, "decay of the EMA of the weights (used for sampling)",
                            check=in_range(0.0, 1.0, hi_open=True))

@@ -22,14 +22,15 @@ import torch
 from trilemma import __version__
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
-from trilemma.errors import TrilemmaError
+from trilemma.errors import RunError, TrilemmaError
 from trilemma.options import build, option_names
+from trilemma.run import RUN_SECTIONS
 from trilemma.train import distributed
 from trilemma.train.common import TrainConfig
 from trilemma.train.loop import FitResult, Trainer, fit
-from trilemma.train.rundir import prepare_run_dir, resume_config
+from trilemma.train.rundir import checkpoint_info, prepare_run_dir, resume_config
 from trilemma.utils.device import check_bf16, deterministic_workspace, pick_device
-from trilemma.utils.io import read_json
+from trilemma.utils.io import atomic_write, read_json
 
 PRESETS = ("tiny", "small", "base")
 # Options that may change when a run is resumed (everything else is the run's own, from config.json).
@@ -149,23 +150,35 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
     out = Path(out)
     values = spec.values(options)
     if resume:
-        fixed = sorted(k for k in options if k not in RESUMABLE and k not in option_names(spec.extra))
+        if options.get("steps") is not None and options.get("minutes") is not None:
+            raise TrilemmaError("--steps/--minutes: give one new training budget to resume with, not both")
+        fixed = sorted(k for k in options if k not in RESUMABLE and k not in option_names(spec.extra)
+                       and not _same_as_stored(out, k, options[k]))
         if fixed:
             raise TrilemmaError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in fixed)} cannot change "
                                 f"when resuming (the run keeps the options in {out}/config.json)")
     created = distributed.init()
     try:
         w = distributed.world()
+        # A resume rewrites config.json with this session's changes (--device, --bf16, the budget, …)
+        # before building; if this session then fails before its first checkpoint, the old file is put
+        # back, so that a bad option (--device meta, --compile where it cannot work) does not stick.
+        restore = _ConfigRestore(out) if resume and w.is_main else None
         prepared = distributed.main_first(lambda: _prepare(spec, out, values, options, resume), w, others=False)
         if w.is_main:
             config, dataset = prepared
         else:
             config, dataset = read_json(out / "config.json"), None
-        if config.get("train", {}).get("deterministic"):
-            deterministic_workspace()                                  # before build's first cuBLAS call
-        built = distributed.main_first(lambda: spec.build(out, config, dataset, progress and w.is_main), w)
-        result = fit(out, built.trainer, train=built.train, num_examples=built.num_examples, device=built.device,
-                     resume=resume, progress=progress, desc=spec.desc)
+        try:
+            if config.get("train", {}).get("deterministic"):
+                deterministic_workspace()                              # before build's first cuBLAS call
+            built = distributed.main_first(lambda: spec.build(out, config, dataset, progress and w.is_main), w)
+            result = fit(out, built.trainer, train=built.train, num_examples=built.num_examples,
+                         device=built.device, resume=resume, progress=progress, desc=spec.desc)
+        except BaseException:
+            if restore is not None:
+                restore()
+            raise
         if evaluate and spec.finish is not None and not result.interrupted and w.is_main:
             spec.finish(out, values, progress)
         return result
@@ -174,15 +187,80 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
             distributed.shutdown()
 
 
+def _same_as_stored(out: Path, name: str, value: Any) -> bool:
+    """Whether the run in ``out`` already has option ``name`` = ``value`` (then repeating it on resume is fine).
+
+    The option is looked up by name in the (nested) sections of ``config.json`` (``--data`` is
+    ``data.name``, ``--preset`` the header's ``preset``); a name found with two different
+    values, or not at all, counts as different.
+    """
+    try:
+        config = read_json(out / "config.json")
+    except (OSError, TrilemmaError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    if name == "preset":
+        found = [config.get("preset")]
+    elif name == "data":
+        found = [config["data"].get("name")] if isinstance(config.get("data"), dict) else []
+    else:
+        found = []
+
+        def collect(section: dict[str, Any]) -> None:                 # sections nest (diffusion.schedule.T)
+            for key, v in section.items():
+                if key == name:
+                    found.append(v)
+                elif isinstance(v, dict):
+                    collect(v)
+
+        collect({k: v for k, v in config.items() if k in RUN_SECTIONS and isinstance(v, dict)})
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, bool) or isinstance(b, bool):                 # True is not the number 1 here
+            return type(a) is type(b) and a == b
+        return a == b
+
+    return bool(found) and all(same(v, value) for v in found)
+
+
+class _ConfigRestore:
+    """The run's ``config.json`` and checkpoint step as they were; calling it puts the file back
+    when no checkpoint was written since (nothing of this session's training was kept)."""
+
+    def __init__(self, out: Path):
+        self.file = out / "config.json"
+        try:
+            self.saved = self.file.read_bytes()
+            self.step = checkpoint_info(out)["step"]
+        except (OSError, TrilemmaError):
+            self.saved = None                                          # _prepare refuses such a folder
+
+    def __call__(self) -> None:
+        if self.saved is None:
+            return
+        try:
+            if checkpoint_info(self.file.parent)["step"] == self.step:
+                atomic_write(self.file, self.saved)
+        except (OSError, TrilemmaError):
+            pass                                                       # the original error is the one to report
+
+
 def _prepare(spec: TrainSpec, out: Path, values: dict[str, Any], options: dict[str, Any],
              resume: bool) -> tuple[dict[str, Any], ImageDataset | None]:
     """The run's config.json (a new run folder, or the stored one with this session's changes) and its data."""
     if resume:
         changes = {k: options[k] for k in RESUMABLE if k in options and k not in ("steps", "minutes")}
         if (out / "config.json").is_file():                             # refuse --bf16 before writing anything
-            stored = read_json(out / "config.json").get("train", {})
+            raw = read_json(out / "config.json")
+            stored = raw.get("train") if isinstance(raw, dict) else None
+            stored = stored if isinstance(stored, dict) else {}
             effective = {**stored, **changes}
-            check_bf16(pick_device(effective.get("device", "auto")), bool(effective.get("bf16")))
+            device = pick_device(changes["device"]) if "device" in changes else \
+                _stored_device(stored.get("device", "auto"), out / "config.json")
+            check_bf16(device, bool(effective.get("bf16")))
         config = resume_config(out, spec.kind, options.get("steps"), options.get("minutes"), drop=spec.drop_on_resume,
                                changes=changes)
         return config, None
@@ -192,6 +270,17 @@ def _prepare(spec: TrainSpec, out: Path, values: dict[str, Any], options: dict[s
     if spec.on_create is not None:
         spec.on_create(out, values)
     return config, dataset
+
+
+def _stored_device(value: Any, file: Path) -> torch.device:
+    """A run's stored ``train.device``, refused with a line naming the file (not ``--device``)."""
+    if not isinstance(value, str):
+        raise RunError(f"{file}: train.device: expected a device name such as \"cpu\", got {value!r} "
+                       f"(or pass --device)")
+    try:
+        return pick_device(value)
+    except TrilemmaError as e:
+        raise RunError(f"{file}: train.device: {str(e).partition(': ')[2]} (or pass --device)") from None
 
 
 def device_of(train: TrainConfig) -> torch.device:

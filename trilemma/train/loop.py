@@ -65,6 +65,8 @@ class Trainer:
         progress: the share of the budget spent before the current step, in [0, 1] (steps, or
             wall-clock time with ``--minutes``); the loop sets it before each ``step``, which may
             read it (the DDGAN's fading reconstruction weight).
+        eager: names of ``nets`` that ``--compile`` leaves uncompiled: those whose loss needs a
+            second derivative (an R1 penalty), which ``torch.compile``'s autograd does not support.
     """
 
     nets: dict[str, nn.Module]
@@ -77,6 +79,7 @@ class Trainer:
     plot: tuple[tuple[str, ...], str | None] = (("loss",), None)
     describe: str = ""
     progress: float = 0.0
+    eager: tuple[str, ...] = ()
 
 
 @dataclass
@@ -202,8 +205,9 @@ def fit(run_dir: Path, trainer: Trainer, *, train: TrainConfig, num_examples: in
     restore_bn = sync_batchnorm(trainer.nets.values()) if w.distributed else []
     hooks = [h for opt in trainer.optimizers.values() for h in average_before_step(opt)] if w.distributed else []
     if train.compile:
-        for net in trainer.nets.values():
-            net.compile()                                                # in place: state-dict keys unchanged
+        for name, net in trainer.nets.items():
+            if name not in trainer.eager:
+                net.compile()                                            # in place: state-dict keys unchanged
     data_gen = torch.Generator().manual_seed(train.seed)              # data order and flips (CPU)
     noise_gen = torch.Generator(device).manual_seed(train.seed + 1)   # t, ε, z (on the device)
     sampler = EpochSampler(num_examples, train.batch_size, data_gen)
@@ -251,8 +255,10 @@ def fit(run_dir: Path, trainer: Trainer, *, train: TrainConfig, num_examples: in
         bad = {k: v for k, v in means.items() if k.startswith("loss") and not math.isfinite(v)}
         if bad:
             what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+            kept = (f"the last checkpoint, step {last_saved}, is intact" if ckpt.exists() else
+                    "no checkpoint was saved yet")
             raise TrilemmaError(f"the training loss became non-finite by step {at_step} ({what}); "
-                                f"try a lower --lr (the last checkpoint, step {last_saved}, is intact)")
+                                f"try a lower --lr ({kept})")
 
     bar = tqdm(total=train.steps, initial=step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)

@@ -59,8 +59,9 @@ def checkpoint_info(out: Path) -> dict[str, Any]:
         raise RunError(f"{path}: 'step' must be an integer >= 0, got {step!r}; cannot resume from it")
     elapsed = info.get("elapsed_s", 0.0)
     if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed) \
-            or elapsed < 0:
-        raise RunError(f"{path}: 'elapsed_s' must be a number >= 0, got {elapsed!r}; cannot resume from it")
+            or not 0 <= elapsed < 1e9:
+        raise RunError(f"{path}: 'elapsed_s' must be a number of seconds in [0, 1e9), got {elapsed!r}; cannot "
+                       f"resume from it")
     return info
 
 

@@ -11,7 +11,7 @@ from trilemma.errors import TrilemmaError
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``None``/"auto" -> cuda if available else cpu; otherwise the named device.
+    """``None``/"auto" -> cuda if available else cpu; otherwise the named device (cpu or cuda[:N]).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) a device without an index, "cuda", means this process's
     GPU, ``cuda:LOCAL_RANK``.
@@ -22,6 +22,8 @@ def pick_device(name: str | None = None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise TrilemmaError(f"--device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise TrilemmaError(f"--device {name}: trilemma runs on cpu and cuda devices only, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrilemmaError(f"--device {name}: CUDA is not available on this machine (use --device cpu; with "
                             f"--resume it continues a run saved on a GPU)")

@@ -33,6 +33,9 @@ def output_file(path: str | os.PathLike, option: str, *, suffixes: Sequence[str]
 
     - not an existing folder, nor an existing special file (``/dev/null``, a FIFO:
       an atomic write would replace it);
+    - not one of the files a run folder keeps (config.json, weights, state/, metrics.jsonl,
+      loss.png, …: see :func:`run_file_of`), so that ``eval --json RUN/config.json`` cannot
+      destroy the run it is scoring;
     - its name ends with one of ``suffixes`` (any case; ``None`` accepts any name);
     - with ``overwrite=False``, it does not exist yet;
     - its folder exists or can be created (no file in the way) and accepts new files.
@@ -43,6 +46,7 @@ def output_file(path: str | os.PathLike, option: str, *, suffixes: Sequence[str]
         raise TrilemmaError(f"{label}: is a folder; expected {_expected(suffixes)}")
     if suffixes is not None and not any(path.name.lower().endswith(s.lower()) for s in suffixes):
         raise TrilemmaError(f"{label}: expected {_expected(suffixes)}")
+    _refuse_run_file(path, label)
     info = _stat(path)
     if info is not None:
         if not stat.S_ISREG(info.st_mode):
@@ -81,6 +85,33 @@ def output_dir(path: str | os.PathLike, option: str, *, must_be_new: bool = Fals
     return path
 
 
+# The files a trainer writes into a run folder, relative to it (beside every ``*.safetensors`` and
+# everything under ``state/``). Other files there (``eval.json``, ``samples/…``, a user's own grid)
+# may be written over.
+RUN_FILES = frozenset({RUN_MARKER, "metrics.jsonl", "loss.png", "recon.json", "eval_elbo.json"})
+
+
+def run_file_of(path: str | os.PathLike) -> tuple[Path, Path] | None:
+    """``(run folder, path inside it)`` when ``path`` is one of the files a run folder keeps, else ``None``.
+
+    The run folder is the nearest folder above ``path`` (links resolved) holding ``config.json``;
+    a run inside a run (a latent run's ``autoencoder/``) counts as its own run.
+    """
+    real = Path(os.path.realpath(os.fspath(path)))
+    for folder in real.parents:
+        try:
+            is_run = (folder / RUN_MARKER).is_file()
+        except OSError:
+            is_run = False
+        if is_run:
+            inside = real.relative_to(folder)
+            if (str(inside) in RUN_FILES or inside.suffix == ".safetensors"
+                    or (len(inside.parts) > 1 and inside.parts[0] == "state")):
+                return folder, inside
+            return None
+    return None
+
+
 # --- internals -------------------------------------------------------------------------------
 
 def _as_path(path: str | os.PathLike, option: str) -> Path:
@@ -92,6 +123,14 @@ def _as_path(path: str | os.PathLike, option: str) -> Path:
     if "\0" in text:
         raise TrilemmaError(f"{option}: {text!r}: a path cannot contain a NUL character")
     return Path(text).expanduser()
+
+
+def _refuse_run_file(path: Path, label: str) -> None:
+    found = run_file_of(path)
+    if found is not None:
+        folder, inside = found
+        raise TrilemmaError(f"{label}: is the file {inside} of the run folder {folder}; writing it would "
+                            "damage the run, choose another name")
 
 
 def _expected(suffixes: Sequence[str] | None) -> str:

@@ -1,0 +1,259 @@
+"""Hostile input found by driving the CLI as a careless user would, each refused with one line.
+
+A run's own files as outputs, a failed resume that must not leave its options behind, options that
+only break deep inside torch (``--compile`` with R1, β reaching 1, devices trilemma does not run
+on), config.json edits that contradict the weights, options a run would silently ignore, and the
+experiments' ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import cli, one_line_error
+
+from trilemma.cli.main import main
+from trilemma.config import from_dict
+from trilemma.ddgan.config import DDGANConfig
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.experiments import check_settings
+from trilemma.registry import load_run
+from trilemma.run import read_run_config
+from trilemma.utils.device import pick_device
+
+DDPM = ["train", "ddpm", "--data", "digits", "--preset", "tiny", "--batch-size", "8", "--T", "100", "--quiet"]
+DDGAN = ["train", "ddgan", "--data", "digits", "--preset", "tiny", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("runs") / "ddpm"
+    assert main([*DDPM, "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddgan(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("runs") / "ddgan"
+    assert main([*DDGAN, "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+def clone(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def edit(folder: Path, change) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+# --- a run's own files are never an output ------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ("eval", "{run}", "--n", "10", "--json", "{run}/config.json"),
+    ("eval", "{run}", "--n", "10", "--json", "{run}/state/trainer.json"),
+    ("sample", "{run}", "--n", "2", "--out", "{run}/loss.png"),
+])
+def test_outputs_onto_a_runs_own_files_are_refused(run, tmp_path, capsys, args):
+    folder = clone(run, tmp_path / "r")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    code, _, err = cli(capsys, *[a.format(run=folder) for a in args])
+    assert code == 2
+    one_line_error(err, "of the run folder", "choose another name")
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+# --- a failed resume leaves config.json as it was -------------------------------------------------------
+
+def test_a_resume_that_fails_before_its_first_checkpoint_restores_config_json(run, tmp_path, capsys, monkeypatch):
+    import trilemma.train.family as family
+
+    folder = clone(run, tmp_path / "r")
+    before = (folder / "config.json").read_bytes()
+
+    def broken_fit(*args, **kwargs):
+        raise TrilemmaError("the first step failed")
+
+    monkeypatch.setattr(family, "fit", broken_fit)
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "5", "--checkpoint-every", "1")
+    assert code == 2 and "the first step failed" in err
+    assert (folder / "config.json").read_bytes() == before         # not the new budget nor the cadence
+    monkeypatch.undo()
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "3", "--quiet")
+    assert code == 0, err
+    assert json.loads((folder / "config.json").read_text())["train"]["steps"] == 3   # a good resume writes it
+
+
+def test_devices_trilemma_does_not_run_on_are_one_line(run, tmp_path, capsys):
+    for name in ("meta", "mps", "xla"):
+        with pytest.raises(TrilemmaError, match=f"--device {name}: trilemma runs on cpu and cuda"):
+            pick_device(name)
+    folder = clone(run, tmp_path / "r")
+    before = (folder / "config.json").read_bytes()
+    for args in (("sample", folder, "--n", "2", "--device", "meta"), ("eval", folder, "--n", "10", "--device", "mps"),
+                 (*DDPM[:2], "--resume", "--out", folder, "--steps", "4", "--device", "meta")):
+        code, _, err = cli(capsys, *args)
+        assert code == 2
+        one_line_error(err, "--device", "cpu and cuda")
+    assert (folder / "config.json").read_bytes() == before
+    edit(folder, lambda c: c["train"].update(device=5))
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "4")
+    one_line_error(err, "config.json: train.device", "got 5")
+
+
+# --- resume: repeating a stored option is fine, changing it is not --------------------------------------
+
+def test_resume_accepts_fixed_options_with_their_stored_values(run, tmp_path, capsys):
+    folder = clone(run, tmp_path / "r")
+    code, _, err = cli(capsys, *DDPM, "--resume", "--out", folder, "--steps", "3")   # --data, --T, … as stored
+    assert code == 0, err
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "4", "--T", "50")
+    one_line_error(err, "--T cannot change when resuming")
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "4", "--data", "mnist-5k")
+    one_line_error(err, "--data cannot change when resuming")
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "9", "--minutes", "1")
+    one_line_error(err, "--steps/--minutes", "not both")
+
+
+def test_a_checkpoint_claiming_centuries_of_training_is_refused(run, tmp_path, capsys):
+    folder = clone(run, tmp_path / "r")
+    info = json.loads((folder / "state" / "trainer.json").read_text())
+    (folder / "state" / "trainer.json").write_text(json.dumps({**info, "elapsed_s": 1e308}))
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "4")
+    one_line_error(err, "trainer.json", "'elapsed_s'")
+
+
+# --- config.json edits that contradict the weights ------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, words", [
+    ("channels", 3, ("data.channels is 3", "model.in_channels is 1")),
+    ("image_size", 16, ("data.image_size is 16", "model.image_size is 8")),
+])
+def test_data_contradicting_the_model_is_one_line(run, tmp_path, capsys, key, value, words):
+    folder = clone(run, tmp_path / "r")
+    edit(folder, lambda c: c["data"].update({key: value}))
+    with pytest.raises(RunError) as e:
+        read_run_config(folder)
+    assert all(w in str(e.value) for w in words) and "config.json" in str(e.value)
+    for args in (("sample", folder, "--n", "2"), (*DDPM[:2], "--resume", "--out", folder, "--steps", "4")):
+        code, _, err = cli(capsys, *args)
+        one_line_error(err, *words)
+
+
+def test_a_latent_scale_factor_that_is_no_positive_number_is_one_line(tmp_path):
+    from trilemma.autoencoder.run import read_latent_stats
+
+    assert read_latent_stats(None, "f") is None
+    assert read_latent_stats({"scale_factor": 0.5, "std": 2.0}, "f")["scale_factor"] == 0.5
+    for bad in ("x", 0, -1.0, float("nan"), float("inf"), True, None):
+        with pytest.raises(RunError, match=r"f: latent.scale_factor: expected a finite number > 0"):
+            read_latent_stats({"scale_factor": bad}, "f")
+    with pytest.raises(RunError, match="latent: expected an object"):
+        read_latent_stats([1], "f")
+
+
+def test_an_empty_autoencoder_path_is_named(capsys, tmp_path):
+    code, _, err = cli(capsys, "train", "ldm", "--autoencoder", "", "--steps", "2", "--out", tmp_path / "l")
+    one_line_error(err, "--autoencoder", "got ''")
+
+
+# --- DDGAN: options that broke inside torch -------------------------------------------------------------
+
+def test_a_vp_schedule_whose_beta_reaches_one_is_refused():
+    DDGANConfig(beta_max=20.0)
+    for kwargs in ({"beta_max": 1000.0}, {"beta_max": 1e308}, {"beta_min": 500.0, "beta_max": 1000.0},
+                   {"beta_max": 200.0, "T": 1}):
+        with pytest.raises(TrilemmaError, match="--beta-max: .* reaches 1"):
+            DDGANConfig(**kwargs)
+    with pytest.raises(TrilemmaError, match=r"run/config.json: ddgan.beta_max: .* reaches 1"):
+        from_dict(DDGANConfig, {"beta_max": 1000.0}, "run/config.json", _name="ddgan")
+
+
+def test_ddgan_compile_leaves_the_r1_discriminator_eager(tmp_path, cache, monkeypatch):
+    """torch.compile's autograd has no double backward (R1 needs one): with --compile only G is compiled."""
+    from trilemma.ddgan.train import train_ddgan
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    train_ddgan(tmp_path / "a", data="digits", preset="tiny", batch_size=8, steps=1, compile=True, progress=False)
+    train_ddgan(tmp_path / "b", data="digits", preset="tiny", batch_size=8, steps=1, compile=True, r1_gamma=0.0,
+                progress=False)
+    generator = compiled[0]
+    assert compiled == [generator, generator, compiled[2]] and compiled[2] != generator   # G; then G and D
+
+
+# --- options a run would ignore -------------------------------------------------------------------------
+
+def test_label_and_guidance_on_runs_without_them_are_refused(ddgan, run, capsys):
+    for args, words in ((("sample", ddgan, "--n", "2", "--label", "3"), ("--label", "ddgan run")),
+                        (("eval", ddgan, "--n", "10", "--label", "1"), ("--label", "ddgan run")),
+                        (("sample", ddgan, "--n", "2", "--guidance", "2"), ("--guidance", "no guidance")),
+                        (("sample", run, "--n", "2", "--label", "3"), ("--label", "not class-conditional"))):
+        code, _, err = cli(capsys, *args)
+        assert code == 2
+        one_line_error(err, *words)
+
+
+def test_results_record_only_the_sampling_options_a_run_uses(ddgan, run):
+    from trilemma.run import SampleOptions
+
+    options = SampleOptions(sampler="ddim", steps=10)
+    assert load_run(ddgan, device="cpu").sampling_record(options) == {}
+    assert load_run(run, device="cpu").sampling_record(options) == options.to_dict()
+
+
+# --- experiments ----------------------------------------------------------------------------------------
+
+def test_experiment_out_is_checked_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "file", ("--out", "is a file")), ("", ("--out", "expected a path")),
+                       ("/proc/x", ("--out", "cannot create files"))):
+        code, _, err = cli(capsys, "experiment", "trilemma", "--data", "digits", "--steps", "1", "--out", out)
+        assert code == 2
+        one_line_error(err, *words)
+    code, _, err = cli(capsys, "experiment", "trilemma", "--data", "nope", "--steps", "1", "--out", tmp_path / "new")
+    assert code == 2 and not (tmp_path / "new").exists(), err
+    for args, words in ((("--n", "5"), ("--n", "at least 10")), (("--minutes", "0.01"), ("--minutes", "at least"))):
+        code, _, err = cli(capsys, "experiment", "trilemma", "--data", "digits", *args, "--out", tmp_path / "e")
+        one_line_error(err, *words)
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_experiment_folder_is_reused_only_with_the_same_training_settings(tmp_path):
+    settings = {"data": "digits", "minutes": 1.0, "preset": "tiny", "seed": 0}
+    check_settings(tmp_path, "trilemma", settings)
+    check_settings(tmp_path, "trilemma", settings)                                   # the same: reused
+    with pytest.raises(TrilemmaError) as e:
+        check_settings(tmp_path, "trilemma", {**settings, "preset": "small", "seed": 1})
+    assert "preset 'tiny' (now 'small')" in str(e.value) and "seed 0 (now 1)" in str(e.value)
+    with pytest.raises(TrilemmaError, match="experiment 'trilemma' \\(now 'vae-vs-gan'\\)"):
+        check_settings(tmp_path, "vae-vs-gan", settings)
+
+
+def test_the_model_shape_check_knows_patches_and_latents():
+    from trilemma.data import DataConfig
+    from trilemma.run import check_model_shape
+
+    data = DataConfig(name="digits", image_size=16, channels=3)
+    check_model_shape({"kind": "t2i", "model": {"in_channels": 12, "image_size": 8}, "text": {"patch": 2}}, data, "f")
+    with pytest.raises(RunError, match=r"f: data.channels × text.patch² \(2²\) is 12 but model.in_channels is 3"):
+        check_model_shape({"kind": "t2i", "model": {"in_channels": 3, "image_size": 8}, "text": {"patch": 2}},
+                          data, "f")
+    latent = {"kind": "ldm", "model": {"in_channels": 4, "image_size": 4},
+              "autoencoder": {"digest": "x", "latent_shape": [4, 4, 4]}}
+    check_model_shape(latent, data, "f")                                  # the latents' shape, not the data's
+    latent["autoencoder"]["latent_shape"] = [8, 4, 4]
+    with pytest.raises(RunError, match=r"autoencoder.latent_shape\[0\] is 8 but model.in_channels is 4"):
+        check_model_shape(latent, data, "f")
+    latent["autoencoder"]["latent_shape"] = "4x4"
+    with pytest.raises(RunError, match="latent_shape: expected"):
+        check_model_shape(latent, data, "f")
+    check_model_shape({"kind": "autoencoder", "model": {"channels": 3, "image_size": 16},
+                       "autoencoder": {"kl_weight": 1e-6}}, data, "f")    # an autoencoder's own section
