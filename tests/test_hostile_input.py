@@ -257,3 +257,17 @@ def test_the_model_shape_check_knows_patches_and_latents():
         check_model_shape(latent, data, "f")
     check_model_shape({"kind": "autoencoder", "model": {"channels": 3, "image_size": 16},
                        "autoencoder": {"kl_weight": 1e-6}}, data, "f")    # an autoencoder's own section
+
+
+def test_an_autoencoders_dataset_that_is_gone_is_named_with_its_file(tmp_path, cache, capsys):
+    ae = tmp_path / "ae"
+    assert main(["train", "autoencoder", "--data", "digits", "--preset", "tiny", "--factor", "2", "--steps", "2",
+                 "--quiet", "--out", str(ae)]) == 0
+    capsys.readouterr()
+    edit(ae, lambda c: c["data"].update(name="a-folder-that-was-moved"))
+    code, _, err = cli(capsys, "train", "ldm", "--autoencoder", ae, "--steps", "2", "--out", tmp_path / "l")
+    one_line_error(err, f"{ae}/config.json: data.name", "'a-folder-that-was-moved'", "pass --data")
+    assert not (tmp_path / "l").exists()
+    code, _, err = cli(capsys, "train", "ldm", "--autoencoder", ae, "--data", "digits", "--steps", "2", "--quiet",
+                       "--batch-size", "8", "--out", tmp_path / "l")
+    assert code == 0, err
