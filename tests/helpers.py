@@ -68,3 +68,18 @@ def run_processes(fn, args: tuple, nprocs: int, seconds: float) -> None:
     for p in context.processes:
         p.kill()
     pytest.fail(f"the {nprocs} processes did not finish within {seconds:g} s (a rank hung)")
+
+
+def trained_run(tmp_path_factory, args: list[str], name: str):
+    """A run folder made by ``trilemma ARGS --out <new folder>/<name>`` (for module-scoped fixtures)."""
+    out = tmp_path_factory.mktemp("runs") / name
+    assert main([*args, "--out", str(out)]) == 0
+    return out
+
+
+def clone(run, dest):
+    """A copy of the run folder ``run`` at ``dest`` (to damage without touching the fixture)."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest

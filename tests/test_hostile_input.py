@@ -9,12 +9,11 @@ experiments' ``--out``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, one_line_error
+from helpers import cli, clone, one_line_error, trained_run
 
 from trilemma.cli.main import main
 from trilemma.config import from_dict
@@ -31,21 +30,12 @@ DDGAN = ["train", "ddgan", "--data", "digits", "--preset", "tiny", "--batch-size
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("runs") / "ddpm"
-    assert main([*DDPM, "--steps", "2", "--out", str(out)]) == 0
-    return out
+    return trained_run(tmp_path_factory, [*DDPM, "--steps", "2"], "ddpm")
 
 
 @pytest.fixture(scope="module")
 def ddgan(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("runs") / "ddgan"
-    assert main([*DDGAN, "--steps", "2", "--out", str(out)]) == 0
-    return out
-
-
-def clone(run: Path, dest: Path) -> Path:
-    shutil.copytree(run, dest)
-    return dest
+    return trained_run(tmp_path_factory, [*DDGAN, "--steps", "2"], "ddgan")
 
 
 def edit(folder: Path, change) -> None:

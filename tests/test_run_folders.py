@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from helpers import clone, trained_run
 from safetensors.torch import save_file
 
 import trilemma
@@ -36,14 +37,7 @@ TRAIN = ["train", "ddpm", "--data", "digits", "--preset", "tiny", "--batch-size"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert main([*TRAIN, "--steps", "2", "--out", str(out)]) == 0
-    return out
-
-
-def clone(run: Path, dest: Path) -> Path:
-    shutil.copytree(run, dest)
-    return dest
+    return trained_run(tmp_path_factory, [*TRAIN, "--steps", "2"], "run")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -213,7 +213,8 @@ def check_model_shape(raw: dict[str, Any], data: DataConfig, file: str | Path) -
         if type(p) is not int or p < 1:
             return                                     # the family's reader names this field
         size = None if data.image_size is None else data.image_size // p
-        expected = {"channels": ("data.channels" + (f" × text.patch² ({p}²)" if p > 1 else ""), data.channels * p * p),
+        channels = None if data.channels is None else data.channels * p * p
+        expected = {"channels": ("data.channels" + (f" × text.patch² ({p}²)" if p > 1 else ""), channels),
                     "image_size": ("data.image_size" + (f" / text.patch ({p})" if p > 1 else ""), size)}
     for key, what in (("in_channels", "channels"), ("channels", "channels"), ("image_size", "image_size")):
         name, want = expected[what]
