@@ -261,3 +261,19 @@ def test_an_autoencoders_dataset_that_is_gone_is_named_with_its_file(tmp_path, c
     code, _, err = cli(capsys, "train", "ldm", "--autoencoder", ae, "--data", "digits", "--steps", "2", "--quiet",
                        "--batch-size", "8", "--out", tmp_path / "l")
     assert code == 0, err
+
+
+def test_same_as_stored_reads_nested_sections_folders_and_bools(tmp_path, monkeypatch):
+    from trilemma.train.family import _same_as_stored
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({
+        "kind": "ddpm", "preset": "tiny", "data": {"name": str(tmp_path / "imgs")},
+        "diffusion": {"schedule": {"name": "linear", "T": 100}, "class_cond": False},
+        "model": {"channel_mults": [1, 2]}}))
+    monkeypatch.chdir(tmp_path)
+    assert _same_as_stored(tmp_path, "T", 100) and not _same_as_stored(tmp_path, "T", 50)
+    assert _same_as_stored(tmp_path, "data", "./imgs") and not _same_as_stored(tmp_path, "data", "digits")
+    assert _same_as_stored(tmp_path, "channel_mults", (1, 2)) and not _same_as_stored(tmp_path, "channel_mults", (1,))
+    assert _same_as_stored(tmp_path, "class_cond", False) and not _same_as_stored(tmp_path, "class_cond", 0)
+    assert _same_as_stored(tmp_path, "preset", "tiny") and not _same_as_stored(tmp_path, "lr", 1e-3)  # not stored

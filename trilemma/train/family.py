@@ -164,12 +164,12 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
         # before building; if this session then fails before its first checkpoint, the old file is put
         # back, so that a bad option (--device meta, --compile where it cannot work) does not stick.
         restore = _ConfigRestore(out) if resume and w.is_main else None
-        prepared = distributed.main_first(lambda: _prepare(spec, out, values, options, resume), w, others=False)
-        if w.is_main:
-            config, dataset = prepared
-        else:
-            config, dataset = read_json(out / "config.json"), None
         try:
+            prepared = distributed.main_first(lambda: _prepare(spec, out, values, options, resume), w, others=False)
+            if w.is_main:
+                config, dataset = prepared
+            else:
+                config, dataset = read_json(out / "config.json"), None
             if config.get("train", {}).get("deterministic"):
                 deterministic_workspace()                              # before build's first cuBLAS call
             built = distributed.main_first(lambda: spec.build(out, config, dataset, progress and w.is_main), w)
@@ -202,8 +202,12 @@ def _same_as_stored(out: Path, name: str, value: Any) -> bool:
         return False
     if name == "preset":
         found = [config.get("preset")]
-    elif name == "data":
+    elif name == "data":                                               # a folder as the run wrote it: absolute
         found = [config["data"].get("name")] if isinstance(config.get("data"), dict) else []
+        try:
+            value = DataConfig(name=value).resolved().name
+        except (TrilemmaError, TypeError):
+            return False
     else:
         found = []
 
