@@ -25,6 +25,13 @@ from trilemma.utils.io import read_json, write_json
 SETTINGS_FILE = "settings.json"   # the settings an experiment folder's runs were trained with
 
 
+def data_key(name: str) -> str:
+    """A dataset as settings record it: a built-in name, or a folder as an absolute path."""
+    from trilemma.data import DataConfig
+
+    return DataConfig(name=name).resolved().name
+
+
 def check_settings(out: Path, experiment: str, settings: dict[str, Any]) -> None:
     """Refuse to reuse the runs in ``out`` when they were trained with other ``settings``; else record them.
 

@@ -42,11 +42,11 @@ from trilemma.autoencoder.config import preset as ae_preset
 from trilemma.autoencoder.networks import Autoencoder
 from trilemma.data import load_dataset, to_uint8
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings
+from trilemma.experiments import check_settings, data_key
 from trilemma.ldm.config import latent_unet_preset
+from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.nets.unet import UNet, count_parameters
 from trilemma.nets.unet import preset as unet_preset
-from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
 from trilemma.utils.console import say
@@ -391,8 +391,10 @@ def run_latent_vs_pixel(cfg: LatentVsPixelConfig, out: str | Path, progress: boo
     load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
     pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, "latent-vs-pixel", {k: getattr(cfg, k) for k in (
-        "data", "minutes", "ae_minutes", "steps", "ae_steps", "preset", "factor", "latent_channels", "seed")})
+    budget = ({"steps": cfg.steps, "ae_steps": cfg.ae_steps} if cfg.steps is not None else
+              {"minutes": cfg.budget_minutes, "ae_minutes": cfg.autoencoder_minutes})
+    check_settings(out, "latent-vs-pixel", {"data": data_key(cfg.data), **budget, **{k: getattr(cfg, k) for k in (
+        "preset", "factor", "latent_channels", "seed")}})
     total = cfg.budget_minutes
 
     # -- the latent arm: autoencoder (+ encoding), then the latent DDPM with the rest of the budget

@@ -40,7 +40,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings
+from trilemma.experiments import check_settings, data_key
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
@@ -99,8 +99,9 @@ class TrilemmaConfig:
 
     def training_settings(self) -> dict[str, Any]:
         """What the runs of an experiment folder were trained with (see :func:`check_settings`)."""
-        return {"data": self.data, "minutes": self.minutes, "steps": self.steps, "preset": self.preset,
-                "ddgan_T": self.ddgan_T, "seed": self.seed}
+        budget = {"steps": self.steps} if self.steps is not None else {"minutes": self.budget_minutes}
+        return {"data": data_key(self.data), **budget, "preset": self.preset, "ddgan_T": self.ddgan_T,
+                "seed": self.seed}
 
     @property
     def budget_minutes(self) -> float:

@@ -36,7 +36,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings
+from trilemma.experiments import check_settings, data_key
 from trilemma.experiments.sharpness import sharpness_summary
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
@@ -224,7 +224,8 @@ def run_vae_vs_gan(cfg: VaeVsGanConfig, out: str | Path, runs: dict[str, str | N
     load_dataset(cfg.data, "train")                                       # a bad --data fails before any training
     pick_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, "vae-vs-gan", {"data": cfg.data, **cfg.budget, "preset": cfg.preset, "seed": cfg.seed})
+    check_settings(out, "vae-vs-gan", {"data": data_key(cfg.data), **cfg.budget, "preset": cfg.preset,
+                                       "seed": cfg.seed})
     runs = runs or {}
     paths: dict[str, Path] = {}
     for name in MODELS:                                  # check every given run before training anything
