@@ -277,3 +277,14 @@ def test_same_as_stored_reads_nested_sections_folders_and_bools(tmp_path, monkey
     assert _same_as_stored(tmp_path, "channel_mults", (1, 2)) and not _same_as_stored(tmp_path, "channel_mults", (1,))
     assert _same_as_stored(tmp_path, "class_cond", False) and not _same_as_stored(tmp_path, "class_cond", 0)
     assert _same_as_stored(tmp_path, "preset", "tiny") and not _same_as_stored(tmp_path, "lr", 1e-3)  # not stored
+
+
+def test_equivalent_experiment_settings_are_recorded_the_same(tmp_path, monkeypatch):
+    from trilemma.experiments.trilemma import TrilemmaConfig
+
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert TrilemmaConfig().training_settings() == TrilemmaConfig(minutes=8.0).training_settings()
+    assert (TrilemmaConfig(data="imgs").training_settings()["data"]
+            == TrilemmaConfig(data=str(tmp_path / "imgs")).training_settings()["data"])
+    assert TrilemmaConfig(steps=3).training_settings() != TrilemmaConfig().training_settings()
