@@ -288,3 +288,23 @@ def test_equivalent_experiment_settings_are_recorded_the_same(tmp_path, monkeypa
     assert (TrilemmaConfig(data="imgs").training_settings()["data"]
             == TrilemmaConfig(data=str(tmp_path / "imgs")).training_settings()["data"])
     assert TrilemmaConfig(steps=3).training_settings() != TrilemmaConfig().training_settings()
+
+
+def test_compare_reuses_eval_json_only_for_this_run_at_its_step_and_options(run, tmp_path, capsys):
+    folder = clone(run, tmp_path / "r")
+    assert cli(capsys, "eval", folder, "--n", "10", "--steps", "2", "--quiet")[0] == 0
+    code, _, err = cli(capsys, "compare", folder, "--n", "10", "--steps", "2", "--out", tmp_path / "c1", "--quiet")
+    assert code == 0 and "using" in err and "step 2" in err, err
+    code, _, err = cli(capsys, "compare", folder, "--n", "12", "--steps", "2", "--out", tmp_path / "c2", "--quiet")
+    assert code == 0 and "not reusing" in err and "not --n 12" in err, err
+    code, _, err = cli(capsys, "compare", folder, "--steps", "3", "--out", tmp_path / "c3", "--quiet")
+    assert code == 0 and "not reusing" in err and "other --steps" in err, err
+    assert cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "3", "--quiet")[0] == 0
+    code, _, err = cli(capsys, "compare", folder, "--n", "10", "--out", tmp_path / "c4", "--quiet")
+    assert code == 0 and "the run is at step 3" in err, err
+    assert json.loads((tmp_path / "c4" / "compare.json").read_text())["r"]["source"]["step"] == 3
+    other = clone(folder, tmp_path / "other")                              # an eval.json of another folder
+    code, _, err = cli(capsys, "compare", other, "--n", "10", "--out", tmp_path / "c5", "--quiet")
+    assert code == 0 and "not this run folder" in err, err
+    code, _, err = cli(capsys, "eval", folder, "--n", "10", "--json", folder / "eval.json")
+    one_line_error(err, "eval.json of the run folder")

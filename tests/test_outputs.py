@@ -102,16 +102,18 @@ def test_output_file_refuses_the_files_a_run_keeps(tmp_path):
     for name, suffixes in (("config.json", (".json",)), ("state/trainer.json", (".json",)),
                            ("state/new.json", (".json",)), ("loss.png", (".png",)),
                            ("metrics.jsonl", None), ("ema.safetensors", None), ("autoencoder/config.json", None),
-                           ("autoencoder/model.safetensors", None)):
+                           ("autoencoder/model.safetensors", None), ("eval.json", None),
+                           ("samples/step_0000500.png", None), ("samples/reconstructions.png", None)):
         with pytest.raises(TrilemmaError) as e:
             output_file(run / name, "--json", suffixes=suffixes)
         one_line(e.value, "--json", "of the run folder", "choose another name")
     (tmp_path / "link.json").symlink_to(run / "config.json")     # a link to a run's file is that file
     with pytest.raises(TrilemmaError, match="config.json of the run folder"):
         output_file(tmp_path / "link.json", "--json", suffixes=(".json",))
-    # the run's own eval.json, sample grids and a user's new files beside the run may be written
-    for name in ("eval.json", "samples/ddim.png", "grid.png", "autoencoder/grid.png"):
+    # sample grids of `trilemma sample` and a user's new files beside the run may be written
+    for name in ("samples/ddim.png", "grid.png", "autoencoder/grid.png"):
         assert output_file(run / name, "--out", suffixes=None) == run / name
+    assert output_file(run / "eval.json", "RUN", suffixes=None, run_file=True)   # by the command that owns it
     assert output_file(tmp_path / "config.json", "--json", suffixes=(".json",))   # not inside a run
 
 

@@ -268,6 +268,19 @@ def save_weights(path: Path, module: nn.Module, step: int) -> None:
     save_tensors(path, module.state_dict(), metadata={"step": str(step), "format": "trilemma"})
 
 
+def weights_step(run_dir: str | Path) -> int | None:
+    """The training step of a run folder's weights (``ema.safetensors``, else ``model.safetensors``), read
+    from the file's metadata without loading it; ``None`` when neither file says."""
+    for stem in ("ema", "model"):
+        path = Path(run_dir) / f"{stem}.safetensors"
+        if path.is_file():
+            try:
+                return int(tensors_metadata(path).get("step", ""))
+            except (ValueError, TrilemmaError):
+                return None
+    return None
+
+
 def load_weights(path: Path, module: nn.Module, device: torch.device | str = "cpu") -> int:
     """Load a weights file into ``module`` (strict); returns the step it was saved at."""
     tensors = load_tensors(path, device)

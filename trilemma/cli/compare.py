@@ -4,8 +4,9 @@
 
 Each argument is an eval JSON (from ``trilemma eval --json``) or a run folder. A
 run folder's ``eval.json`` (written by ``trilemma eval RUN``) is reused when it
-exists, unless ``--reeval``; otherwise the run is evaluated now, with ``--n`` and
-the sampling options, and ``eval.json`` is written. Writes ``DIR/compare.md`` (a
+scored this run at its current step with the ``--n`` and sampling options given
+here (:func:`stale`), unless ``--reeval``; otherwise the run is evaluated now, with
+``--n`` and the sampling options, and ``eval.json`` is written. Writes ``DIR/compare.md`` (a
 markdown table, with a warning when rows were scored differently: another
 feature network, dataset or n) and ``DIR/trilemma.png`` (quality against speed,
 coverage as colour and size).
@@ -86,7 +87,7 @@ def check_item(item: str, args: argparse.Namespace) -> None:
     if p.is_dir():
         read_run_config(p)
         if args.reeval or not (p / EVAL_FILE).is_file():
-            output_file(p / EVAL_FILE, item, suffixes=None)
+            output_file(p / EVAL_FILE, item, suffixes=None, run_file=True)
         return
     if not p.exists():
         raise TrilemmaError(f"{item}: no such run folder or JSON file")
@@ -119,12 +120,15 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
         raise TrilemmaError(f"{item}: no such run folder or JSON file")
     cached = p / EVAL_FILE
     if cached.is_file() and not args.reeval:
-        say(f"{item}: using {cached} (--reeval to evaluate again)")
         result = read_json(cached)
         if not isinstance(result, dict) or result.get("schema") != SCHEMA_VERSION:
             raise TrilemmaError(f"{cached}: not a trilemma eval result of this version (pass --reeval to "
                                 f"evaluate the run again)")
-        return result
+        why = stale(result, p, args)
+        if why is None:
+            say(f"{item}: using {cached} (step {result['source']['step']}; --reeval to evaluate again)")
+            return result
+        say(f"{item}: not reusing {cached}: {why}; evaluating the run again")
     from trilemma.cli.eval import check_sampling_memory
 
     run = load_run_for_eval(item, args.device)
@@ -135,6 +139,39 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
                           batch_size=args.batch_size, progress=not args.quiet, log=say)
     write_json(cached, result)
     return result
+
+
+def stale(result: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> str | None:
+    """Why a run's cached ``eval.json`` does not answer this ``compare`` (``None``: it does).
+
+    It must have scored this run folder, at the step its weights are at now, with the ``--n`` and
+    the sampling options given on this command line (options left at their defaults accept the
+    cached ones).
+    """
+    from trilemma.cli.sample import SAMPLING_DEFAULTS
+    from trilemma.run import weights_step
+
+    src = result.get("source")
+    if not isinstance(src, dict) or src.get("kind") != "run":
+        return "it does not hold the score of a run"
+    try:
+        same_run = Path(str(src.get("path"))).resolve() == run_dir.resolve()
+    except (OSError, RuntimeError):
+        same_run = False
+    if not same_run:
+        return f"it scored {src.get('path')!r}, not this run folder"
+    now = weights_step(run_dir)
+    if src.get("step") != now:
+        return f"it scored the weights of step {src.get('step')}, the run is at step {now}"
+    if args.n is not None and result.get("n") != args.n:
+        return f"it scored {result.get('n')} images, not --n {args.n}"
+    cached = src.get("sampling") or {}                 # {}: a run that uses no sampling options (GAN, VAE, …)
+    given = {k: getattr(args, k) for k, default in SAMPLING_DEFAULTS.items()
+             if getattr(args, k, default) != default}
+    differ = [k for k, v in given.items() if cached and cached.get(k) != v]
+    if differ:
+        return f"it was sampled with other {', '.join('--' + k for k in differ)}"
+    return None
 
 
 # --- the table -------------------------------------------------------------------------------

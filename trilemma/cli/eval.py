@@ -99,7 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
         from trilemma.run import read_run_config
 
         read_run_config(args.run)
-        output_file(Path(args.run) / EVAL_FILE, "RUN", suffixes=None)   # written after sampling: check now
+        output_file(Path(args.run) / EVAL_FILE, "RUN", suffixes=None, run_file=True)   # written after sampling: check now
         run = load_run_for_eval(args.run, args.device)
         options = sample_options(args)
         run.check_options(options)

@@ -265,6 +265,7 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_
         "kind": "run",
         "path": str(run.path),
         "run_kind": run.kind,
+        "step": getattr(run, "step", None),        # the weights' training step (compare re-scores a later one)
         "sampling": run.sampling_record(options),
         "seed": seed,
         "nfe": speed["nfe"],

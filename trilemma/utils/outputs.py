@@ -28,14 +28,15 @@ RUN_MARKER = "config.json"  # a folder holding this file holds a run (see trilem
 
 
 def output_file(path: str | os.PathLike, option: str, *, suffixes: Sequence[str] | None = (".png",),
-                overwrite: bool = True) -> Path:
+                overwrite: bool = True, run_file: bool = False) -> Path:
     """Check that ``path`` can be written as a new or replaced file; return it as a :class:`Path`.
 
     - not an existing folder, nor an existing special file (``/dev/null``, a FIFO:
       an atomic write would replace it);
     - not one of the files a run folder keeps (config.json, weights, state/, metrics.jsonl,
-      loss.png, …: see :func:`run_file_of`), so that ``eval --json RUN/config.json`` cannot
-      destroy the run it is scoring;
+      loss.png, eval.json, …: see :func:`run_file_of`), so that ``eval --json RUN/config.json``
+      cannot destroy the run it is scoring (``run_file=True``: the command that owns such a file,
+      ``trilemma eval RUN`` writing ``RUN/eval.json``, is writing it);
     - its name ends with one of ``suffixes`` (any case; ``None`` accepts any name);
     - with ``overwrite=False``, it does not exist yet;
     - its folder exists or can be created (no file in the way) and accepts new files.
@@ -46,7 +47,8 @@ def output_file(path: str | os.PathLike, option: str, *, suffixes: Sequence[str]
         raise TrilemmaError(f"{label}: is a folder; expected {_expected(suffixes)}")
     if suffixes is not None and not any(path.name.lower().endswith(s.lower()) for s in suffixes):
         raise TrilemmaError(f"{label}: expected {_expected(suffixes)}")
-    _refuse_run_file(path, label)
+    if not run_file:
+        _refuse_run_file(path, label)
     info = _stat(path)
     if info is not None:
         if not stat.S_ISREG(info.st_mode):
@@ -85,10 +87,11 @@ def output_dir(path: str | os.PathLike, option: str, *, must_be_new: bool = Fals
     return path
 
 
-# The files a trainer writes into a run folder, relative to it (beside every ``*.safetensors`` and
-# everything under ``state/``). Other files there (``eval.json``, ``samples/…``, a user's own grid)
-# may be written over.
-RUN_FILES = frozenset({RUN_MARKER, "metrics.jsonl", "loss.png", "recon.json", "eval_elbo.json"})
+# The files a trainer or ``trilemma eval`` writes into a run folder, relative to it (beside every
+# ``*.safetensors``, everything under ``state/`` and the training previews ``samples/step_*``).
+# Other files there (``samples/ddim.png`` of ``trilemma sample``, a user's own grid) may be written over.
+RUN_FILES = frozenset({RUN_MARKER, "metrics.jsonl", "loss.png", "recon.json", "eval_elbo.json", "eval.json",
+                       "samples/reconstructions.png", "samples/prompts.txt"})
 
 
 def run_file_of(path: str | os.PathLike) -> tuple[Path, Path] | None:
@@ -105,8 +108,9 @@ def run_file_of(path: str | os.PathLike) -> tuple[Path, Path] | None:
             is_run = False
         if is_run:
             inside = real.relative_to(folder)
-            if (str(inside) in RUN_FILES or inside.suffix == ".safetensors"
-                    or (len(inside.parts) > 1 and inside.parts[0] == "state")):
+            if (inside.as_posix() in RUN_FILES or inside.suffix == ".safetensors"
+                    or (len(inside.parts) > 1 and inside.parts[0] == "state")
+                    or (len(inside.parts) == 2 and inside.parts[0] == "samples" and inside.name.startswith("step_"))):
                 return folder, inside
             return None
     return None
