@@ -308,3 +308,15 @@ def test_compare_reuses_eval_json_only_for_this_run_at_its_step_and_options(run,
     assert code == 0 and "not this run folder" in err, err
     code, _, err = cli(capsys, "eval", folder, "--n", "10", "--json", folder / "eval.json")
     one_line_error(err, "eval.json of the run folder")
+
+
+def test_a_damaged_metrics_log_does_not_stop_a_resume(run, tmp_path, capsys):
+    folder = clone(run, tmp_path / "r")
+    good = (folder / "metrics.jsonl").read_text()
+    with open(folder / "metrics.jsonl", "ab") as f:
+        f.write(b'garbage{{{\n{"step": "x"}\n[1, 2]\n\xff\xfe\n{"loss": 1}\n{"step": 99, "loss"')   # torn last line
+    code, _, err = cli(capsys, *DDPM[:2], "--resume", "--out", folder, "--steps", "3", "--quiet")
+    assert code == 0, err
+    assert "dropped 6 damaged line(s)" in err
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [json.loads(line)["step"] for line in good.splitlines()] + [3]

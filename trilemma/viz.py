@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -79,16 +78,16 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's ``metrics.jsonl`` rows (damaged lines skipped: :func:`trilemma.utils.io.read_metrics_rows`)."""
+    from trilemma.utils.io import read_metrics_rows
+
+    return read_metrics_rows(path)[0]
 
 
 def plot_losses(metrics_path: str | os.PathLike, out_path: str | os.PathLike,
                 keys: Sequence[str] = ("loss",), title: str | None = None) -> Path | None:
     """Plot the logged losses of a run (``metrics.jsonl``) against the step, with a moving average."""
-    rows = [r for r in read_metrics(metrics_path) if "step" in r]
+    rows = read_metrics(metrics_path)
     if not rows:
         return None
     plt = _pyplot()

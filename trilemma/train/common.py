@@ -38,7 +38,16 @@ from trilemma.options import check_fields, in_range, int_in, nonneg, nonneg_int,
 from trilemma.run import load_weights, save_weights
 from trilemma.train.distributed import average_gradients, unwrap
 from trilemma.utils.device import pick_device
-from trilemma.utils.io import load_tensors, read_json, save_tensors, tensors_metadata, write_json
+from trilemma.utils.console import say
+from trilemma.utils.io import (
+    atomic_write,
+    load_tensors,
+    read_json,
+    read_metrics_rows,
+    save_tensors,
+    tensors_metadata,
+    write_json,
+)
 
 
 LR_DECAYS = ("constant", "cosine")
@@ -209,9 +218,11 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            rows, skipped = read_metrics_rows(path)
+            if skipped:
+                say(f"note: {path}: dropped {skipped} damaged line(s) (cut off or not a row with a step)")
+            kept = [json.dumps(row) + "\n" for row in rows if row["step"] <= resume_step]
+            atomic_write(path, "".join(kept).encode())
         elif resume_step is None and path.exists():
             path.unlink()
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trilemma.utils.io import read_metrics_rows
+
 RUNNING_WITHIN_S = 120.0        # metrics.jsonl written this recently: the run is probably still training
 
 
@@ -66,19 +68,7 @@ def format_seconds(s: float) -> str:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl's rows; a line being written (cut off) or otherwise unreadable is skipped."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+    return read_metrics_rows(path)[0]
 
 
 def eta(step: int, rows: list[dict[str, Any]], total_steps: int | None, minutes: float | None) -> float | None:

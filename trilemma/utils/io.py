@@ -141,3 +141,31 @@ def tensors_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise RunError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_metrics_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """The rows of a ``metrics.jsonl``: JSON objects with an integer ``step``, and how many lines were not.
+
+    A line cut off by a crash or a full disk, or any other damage (bytes that are not UTF-8, JSON
+    that is not an object with a step), is skipped and counted, never an error: the log is a
+    record for plots, and a damaged line must not stop a run from resuming.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return [], 0
+    rows, skipped = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            rows.append(row)
+        else:
+            skipped += 1
+    return rows, skipped
