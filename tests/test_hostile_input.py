@@ -320,3 +320,12 @@ def test_a_damaged_metrics_log_does_not_stop_a_resume(run, tmp_path, capsys):
     assert "dropped 6 damaged line(s)" in err
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [json.loads(line)["step"] for line in good.splitlines()] + [3]
+
+
+def test_a_cache_that_cannot_be_created_is_one_line_or_skipped(run, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("TRILEMMA_CACHE", str(tmp_path / "file"))
+    code, _, err = cli(capsys, "eval", run, "--n", "10", "--steps", "2", "--json", tmp_path / "e.json")
+    one_line_error(err, f"TRILEMMA_CACHE={tmp_path / 'file'}", "cannot create", "writable folder")
+    code, _, err = cli(capsys, *DDPM, "--steps", "1", "--out", tmp_path / "r")     # the optional caches do without
+    assert code == 0, err

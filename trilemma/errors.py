@@ -16,3 +16,7 @@ class DataError(TrilemmaError):
 
 class RunError(TrilemmaError):
     """A run folder is missing, incomplete or inconsistent."""
+
+
+class CacheError(TrilemmaError):
+    """``$TRILEMMA_CACHE`` (or the default cache folder) cannot hold the cache; optional caches catch it."""

@@ -63,6 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     from trilemma.utils.io import write_json
     from trilemma.utils.outputs import output_file
+    from trilemma.utils.paths import cache_dir
 
     if args.prompts is not None:
         return run_prompt_eval(args)
@@ -73,6 +74,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER, not both")
     if args.json is not None:
         output_file(args.json, "--json", suffixes=(".json",))
+    cache_dir("stats")                                # the statistics cache must be usable: checked before sampling
     if args.samples is not None:
         if args.data is None:
             raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")

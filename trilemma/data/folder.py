@@ -49,7 +49,7 @@ from PIL import Image
 from trilemma.data.config import DataConfig
 from trilemma.data.dataset import DataWarning, ImageDataset
 from trilemma.data.imagefile import try_read_image
-from trilemma.errors import DataError
+from trilemma.errors import CacheError, DataError
 from trilemma.utils.io import atomic_path
 from trilemma.utils.paths import cache_dir, stable_hash
 from trilemma.utils.validate import check_memory
@@ -130,7 +130,7 @@ def decode_cached(root: Path, files: list[str], size: int,
                        size, channels, CACHE_VERSION])
     try:
         path = cache_dir("datasets") / f"{root.name}-{size}px-{channels}ch-{key}.npz"
-    except OSError:
+    except (OSError, CacheError):
         path = None  # TRILEMMA_CACHE is not a creatable folder: no cache
     if path is not None:
         cached = _read_cache(path, files, size, channels)

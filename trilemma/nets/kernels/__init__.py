@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from trilemma.errors import CacheError
 from trilemma.utils.paths import cache_dir
 
 __all__ = ["available", "fused_norm_silu", "supports", "supports_input"]
@@ -50,7 +51,7 @@ def _cpu_signature() -> str:
 def _build() -> ctypes.CDLL | None:
     try:
         return _compile_and_load()
-    except (OSError, AttributeError, subprocess.SubprocessError):   # no compiler, failed build, unwritable cache
+    except (OSError, AttributeError, subprocess.SubprocessError, CacheError):   # no compiler, failed build, no cache
         return None
 
 
