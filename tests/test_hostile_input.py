@@ -329,3 +329,16 @@ def test_a_cache_that_cannot_be_created_is_one_line_or_skipped(run, tmp_path, ca
     one_line_error(err, f"TRILEMMA_CACHE={tmp_path / 'file'}", "cannot create", "writable folder")
     code, _, err = cli(capsys, *DDPM, "--steps", "1", "--out", tmp_path / "r")     # the optional caches do without
     assert code == 0, err
+
+
+def test_a_samples_folder_at_another_size_is_scored_with_a_note(tmp_path, cache, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "s").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "s" / f"{i}.png")
+    code, _, err = cli(capsys, "eval", "--samples", tmp_path / "s", "--data", "digits", "--quiet")
+    assert code == 0, err
+    assert "12 of 12 images are not 8×8 and 12 not grey" in err, err

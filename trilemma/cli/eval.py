@@ -219,9 +219,36 @@ def load_sample_folder(folder: Path, data_config) -> np.ndarray:
 
     config = dataclasses.replace(data_config, name=str(folder.resolve()), test_fraction=0.0, hflip=False)
     try:
-        return load_dataset(config, split="train").images.numpy()
+        images = load_dataset(config, split="train").images.numpy()
     except DataError as e:
         raise TrilemmaError(f"--samples {folder}: {e}") from None
+    note_converted(folder, data_config)
+    return images
+
+
+def note_converted(folder: Path, data_config) -> None:
+    """Say when a samples folder's images were not at the dataset's size and channels (so were converted)."""
+    from PIL import Image
+
+    from trilemma.data.folder import list_images
+
+    size, grey = data_config.image_size, data_config.channels == 1
+    files = list_images(folder)
+    other_size, other_mode, example = 0, 0, None
+    for name in files:
+        try:
+            with Image.open(folder / name) as im:                      # the header only
+                wrong_size, wrong_mode = im.size != (size, size), (im.mode in ("L", "I;16", "1")) != grey
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue                                                   # skipped by the loader, which warned
+        other_size += wrong_size
+        other_mode += wrong_mode
+        if (wrong_size or wrong_mode) and example is None:
+            example = f"{name}: {im.size[0]}×{im.size[1]} {im.mode}"
+    if other_size or other_mode:
+        say(f"note: --samples {folder}: {other_size} of {len(files)} images are not {size}×{size} and "
+            f"{other_mode} not {'grey' if grey else 'colour'} (e.g. {example}); they were converted like a "
+            f"dataset folder. FID is only fair for samples made at the dataset's size and channels")
 
 
 # --- the summary ---------------------------------------------------------------------------------
