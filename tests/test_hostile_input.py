@@ -342,3 +342,25 @@ def test_a_samples_folder_at_another_size_is_scored_with_a_note(tmp_path, cache,
     code, _, err = cli(capsys, "eval", "--samples", tmp_path / "s", "--data", "digits", "--quiet")
     assert code == 0, err
     assert "12 of 12 images are not 8×8 and 12 not grey" in err, err
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: r.update(quality=None), "quality"),
+    (lambda r: r["quality"].update(fid="abc"), "quality.fid"),
+    (lambda r: r["quality"].update(fid=float("nan")), "quality.fid"),
+    (lambda r: r.pop("n"), "n"),
+    (lambda r: r["speed"].pop("peak_memory_mb"), "speed.peak_memory_mb"),
+    (lambda r: r["speed"].update(images_per_s=-5), "speed.images_per_s"),
+    (lambda r: r["coverage"].update(modes_hit=1.5), "coverage.modes_hit"),
+    (lambda r: r["feature_net"].update(name=None), "feature_net.name"),
+])
+def test_compare_checks_every_field_it_reads_of_an_eval_json(run, tmp_path, capsys, change, field):
+    assert cli(capsys, "eval", run, "--n", "10", "--steps", "2", "--quiet", "--json", tmp_path / "good.json")[0] == 0
+    result = json.loads((tmp_path / "good.json").read_text())
+    change(result)
+    (tmp_path / "bad.json").write_text(json.dumps(result))
+    code, _, err = cli(capsys, "compare", tmp_path / "good.json", tmp_path / "bad.json", "--out", tmp_path / "c")
+    assert code == 2
+    one_line_error(err, "bad.json", f"field '{field}'")
+    code, _, err = cli(capsys, "compare", tmp_path / "good.json", tmp_path / "good.json", "--out", tmp_path / "c")
+    assert code == 0, err

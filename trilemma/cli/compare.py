@@ -21,7 +21,7 @@ from typing import Any
 from trilemma.cli.common import batch_size_int, positive_int, say, seed_int, subparser
 from trilemma.cli.sample import add_sampler_args, sample_options
 from trilemma.errors import TrilemmaError
-from trilemma.metrics.report import SPEED_AXES, markdown_table, plot_trilemma
+from trilemma.metrics.report import SPEED_AXES, check_result, markdown_table, plot_trilemma
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,7 +115,7 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(result, dict) or result.get("schema") != SCHEMA_VERSION:
             raise TrilemmaError(f"{item}: not a trilemma eval result (expected \"schema\": "
                                 f"\"{SCHEMA_VERSION}\"; write one with trilemma eval --json)")
-        return result
+        return check_result(result, item)
     if not p.is_dir():
         raise TrilemmaError(f"{item}: no such run folder or JSON file")
     cached = p / EVAL_FILE
@@ -124,6 +124,7 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(result, dict) or result.get("schema") != SCHEMA_VERSION:
             raise TrilemmaError(f"{cached}: not a trilemma eval result of this version (pass --reeval to "
                                 f"evaluate the run again)")
+        check_result(result, str(cached))
         why = stale(result, p, args)
         if why is None:
             say(f"{item}: using {cached} (step {result['source']['step']}; --reeval to evaluate again)")

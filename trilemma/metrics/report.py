@@ -31,6 +31,56 @@ def sampling_text(result: dict) -> str:
 
 
 
+# What the table, the plot and the warnings read from an eval result: section -> {field: kind}.
+# "number": int or float, finite, or null; "count": an integer >= 0 or null; "text": a string.
+RESULT_FIELDS: dict[str, dict[str, str]] = {
+    "quality": {"fid": "number", "kid_mean": "number", "precision": "number", "density": "number",
+                "classifier_score_mean": "number"},
+    "coverage": {"recall": "number", "coverage": "number", "modes_hit": "count", "num_classes": "count",
+                 "class_js": "number"},
+    "memorisation": {"copy_fraction": "number"},
+    "speed": {"nfe": "number", "images_per_s": "number", "peak_memory_mb": "number"},
+    "feature_net": {"name": "text", "objective": "text", "hash": "text"},
+    "reference": {"dataset": "text", "split": "text", "n": "count"},
+}
+
+
+def check_result(result: Any, where: str) -> dict:
+    """An eval result as ``compare`` reads it, checked field by field; a one-line
+    :class:`~trilemma.errors.TrilemmaError` naming ``where`` and the field otherwise."""
+    from trilemma.errors import TrilemmaError
+
+    def fail(field: str, want: str, got: Any) -> TrilemmaError:
+        shown = repr(got) if len(repr(got)) <= 40 else repr(got)[:37] + "..."
+        return TrilemmaError(f"{where}: field '{field}' must be {want}, got {shown} (not an unedited trilemma eval "
+                             f"result?)")
+
+    if not isinstance(result, dict):
+        raise fail("(top level)", "an object", type(result).__name__)
+    n = result.get("n")
+    if type(n) is not int or n < 1:
+        raise fail("n", "a positive integer", n)
+    if not isinstance(result.get("source", {}), dict):
+        raise fail("source", "an object", result.get("source"))
+    for section, fields in RESULT_FIELDS.items():
+        values = result.get(section)
+        if not isinstance(values, dict):
+            raise fail(section, "an object", values)
+        for name, kind in fields.items():
+            value, field = values.get(name), f"{section}.{name}"
+            if name not in values and kind != "text":
+                raise fail(field, "present (a number or null)", "nothing")
+            if kind == "text" and not isinstance(value, str):
+                raise fail(field, "a string", value)
+            if kind == "count" and value is not None and (type(value) is not int or value < 0):
+                raise fail(field, "an integer >= 0 or null", value)
+            if kind == "number" and value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+                raise fail(field, "a finite number or null", value)
+    if result["speed"]["images_per_s"] is not None and result["speed"]["images_per_s"] <= 0:
+        raise fail("speed.images_per_s", "a positive number or null", result["speed"]["images_per_s"])
+    return result
+
+
 def markdown_table(rows: list[tuple[str, dict]]) -> str:
     header = [name for name, _ in COLUMNS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -137,7 +187,7 @@ COLUMNS = (  # header, function of a result -> cell text
 def consistency_warnings(rows: list[tuple[str, dict]]) -> list[str]:
     """Ways in which the rows were not scored the same way (so are not comparable)."""
     warnings = []
-    for what, get in (("feature networks", lambda r: r["feature_net"]["hash"]),
+    for what, get in (("feature networks", lambda r: f"{r['feature_net']['name']} {r['feature_net']['hash']}"),
                       ("reference sets", lambda r: f"{r['reference']['dataset']} {r['reference']['split']}"),
                       ("sample counts n", lambda r: r["n"])):
         values = {str(get(r)) for _, r in rows}
