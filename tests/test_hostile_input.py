@@ -364,3 +364,15 @@ def test_compare_checks_every_field_it_reads_of_an_eval_json(run, tmp_path, caps
     one_line_error(err, "bad.json", f"field '{field}'")
     code, _, err = cli(capsys, "compare", tmp_path / "good.json", tmp_path / "good.json", "--out", tmp_path / "c")
     assert code == 0, err
+
+
+def test_options_a_sampler_or_trainer_would_ignore_are_refused_up_front(run, tmp_path, capsys):
+    code, _, err = cli(capsys, "sample", run, "--n", "2", "--sampler", "unipc", "--variance", "beta")
+    assert code == 2 and "sampling" not in err                               # before any network evaluation
+    one_line_error(err, "--variance beta", "only the ddpm sampler")
+    assert cli(capsys, "sample", run, "--n", "2", "--sampler", "ddpm", "--steps", "4", "--variance", "beta",
+               "--quiet", "--out", tmp_path / "ok.png")[0] == 0
+    code, _, err = cli(capsys, "train", "gan", "--data", "digits", "--preset", "tiny", "--steps", "1",
+                       "--ema-decay", "0.5", "--out", tmp_path / "g")
+    one_line_error(err, "--ema-decay", "--ema")
+    assert not (tmp_path / "g").exists()

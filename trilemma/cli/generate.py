@@ -51,8 +51,12 @@ def sampling(args, prompt: str | None):
         raise TrilemmaError("--label: a text-to-image run takes a prompt, not a class label")
     from trilemma.cli.common import guidance_float
 
+    from trilemma.diffusion.samplers import check_sampling
+
     guidance_float.check(args.guidance, "--guidance")                  # the parser's rule (finite, >= 0)
-    return dataclasses.replace(sample_options(args), prompt=prompt, negative=args.negative)
+    options = dataclasses.replace(sample_options(args), prompt=prompt, negative=args.negative)
+    check_sampling(options.sampler, options.steps, options.eta, options.variance, options.spacing)
+    return options
 
 
 def check_outputs(args, default: Path) -> tuple[Path, Path | None]:

@@ -19,6 +19,7 @@ from trilemma.diffusion.denoiser import Denoiser
 from trilemma.diffusion.samplers import (
     DEFAULT_STEPS,
     SAMPLERS,
+    check_sampling,
     ddim_timesteps,
     sample_with,
     solver_nfe,
@@ -67,7 +68,9 @@ class DiffusionRun(GeneratorRun):
         return x_0
 
     def check_options(self, options: SampleOptions) -> None:
-        """``--label`` only on class-conditional runs, and within their classes."""
+        """The sampler options (:func:`~trilemma.diffusion.samplers.check_sampling`); ``--label`` only on
+        class-conditional runs, and within their classes."""
+        check_sampling(options.sampler, options.steps, options.eta, options.variance, options.spacing)
         if options.label is None:
             return
         if not self.diffusion.class_cond:

@@ -621,6 +621,32 @@ def default_eta(name: str) -> float:
 
 
 @torch.no_grad()
+def check_sampling(name: str, steps: int | None, eta: float | None, variance: str,
+                   spacing: str | None) -> tuple[str, float, str]:
+    """The sampler options of :func:`sample_with`, checked before any work, and resolved: (name, η, spacing).
+
+    One-line :class:`TrilemmaError` for an unknown sampler, η on a deterministic solver, a chosen
+    variance on a sampler other than ddpm, an unknown spacing or one ddpm/ddim cannot walk.
+    """
+    if name == AUTO:
+        name = auto_sampler(steps)
+    _check_name(name)
+    if eta is None:
+        eta = default_eta(name)
+    elif eta != 0.0 and name not in _ETA_SAMPLERS and name != "ddpm":          # ddpm ignores η, as before
+        raise TrilemmaError(f"--eta: only {', '.join(_ETA_SAMPLERS)} take η; {name} is deterministic")
+    if variance != "beta_tilde" and name != "ddpm":
+        raise TrilemmaError(f"--variance {variance}: only the ddpm sampler draws with a chosen σ² (β or β̃); "
+                            f"{name} does not")
+    if spacing is None:
+        spacing = default_spacing(name, steps)
+    if spacing not in SOLVER_SPACINGS:
+        raise TrilemmaError(f"--spacing: expected one of {', '.join(SOLVER_SPACINGS)}, got {spacing!r}")
+    if name in ("ddpm", "ddim") and spacing not in SPACINGS:
+        raise TrilemmaError(f"--spacing {spacing}: {name} walks whole steps; use {', '.join(SPACINGS)}")
+    return name, eta, spacing
+
+
 def sample_with(name: str, denoiser: Denoiser, x_T: torch.Tensor, schedule: NoiseSchedule, *,
                 steps: int | None = None, spacing: SolverSpacing | None = None, eta: float | None = None,
                 variance: Variance = "beta_tilde", order: int = 2, cond: dict[str, Any] | None = None,
@@ -634,22 +660,10 @@ def sample_with(name: str, denoiser: Denoiser, x_T: torch.Tensor, schedule: Nois
     The solvers: ``solver_timesteps(schedule, solver_points(name, steps or 50), spacing)``.
     ``name`` ``auto``: :func:`auto_sampler` for ``steps``. ``spacing`` None: :func:`default_spacing`.
     ``eta`` (None: :func:`default_eta`) is for ddim, dpmpp-2m-sde and euler; ddpm ignores it and
-    the other solvers refuse a non-zero one. ``order`` is for unipc only. Returns what the sampler
+    the other solvers refuse a non-zero one; ``variance`` other than β̃ is refused but by ddpm. ``order`` is for unipc only. Returns what the sampler
     returns: x_0, or (x_0, trajectory) with ``return_trajectory``.
     """
-    if name == AUTO:
-        name = auto_sampler(steps)
-    _check_name(name)
-    if eta is None:
-        eta = default_eta(name)
-    elif eta != 0.0 and name not in _ETA_SAMPLERS and name != "ddpm":          # ddpm ignores η, as before
-        raise TrilemmaError(f"--eta: only {', '.join(_ETA_SAMPLERS)} take η; {name} is deterministic")
-    if spacing is None:
-        spacing = default_spacing(name, steps)
-    if spacing not in SOLVER_SPACINGS:
-        raise TrilemmaError(f"--spacing: expected one of {', '.join(SOLVER_SPACINGS)}, got {spacing!r}")
-    if name in ("ddpm", "ddim") and spacing not in SPACINGS:
-        raise TrilemmaError(f"--spacing {spacing}: {name} walks whole steps; use {', '.join(SPACINGS)}")
+    name, eta, spacing = check_sampling(name, steps, eta, variance, spacing)
     common = {"cond": cond, "generator": generator, "callback": callback, "return_trajectory": return_trajectory}
     T = schedule.T
     if name == "ddpm":

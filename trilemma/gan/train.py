@@ -13,6 +13,7 @@ discriminator steps and one generator step (k minibatches of real images).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +48,9 @@ PREVIEW_N = 64
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     data = data_config(values)
     gan = build(GANConfig, values)
+    default_decay = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "ema_decay")
+    if not gan.ema and values.get("ema_decay", default_decay) != default_decay:
+        raise TrilemmaError("--ema-decay: the GAN keeps no EMA of G unless --ema is given")
     model = gan_preset(values["preset"], data.image_size, data.channels, **overrides(values, ("z_dim",)))
     dataset = load_dataset(data, "train")                       # validate the data before creating the folder
     config = run_config("gan", values, data, model, gan=gan)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from trilemma.config import from_dict
 from trilemma.ddpm.run import DiffusionRun
-from trilemma.diffusion.samplers import DEFAULT_STEPS, solver_nfe
+from trilemma.diffusion.samplers import DEFAULT_STEPS, check_sampling, solver_nfe
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.run import SampleOptions
 from trilemma.t2i.config import T2IConfig
@@ -137,6 +137,7 @@ class TextDiffusionRun(DiffusionRun):
     def check_options(self, options: SampleOptions) -> None:
         if options.label is not None:
             raise TrilemmaError("--label: a text-to-image run takes a prompt, not a class label")
+        check_sampling(options.sampler, options.steps, options.eta, options.variance, options.spacing)
 
     def conditioning(self, n: int, options: SampleOptions) -> tuple[dict, dict]:
         self.check_options(options)
