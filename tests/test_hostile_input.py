@@ -376,3 +376,26 @@ def test_options_a_sampler_or_trainer_would_ignore_are_refused_up_front(run, tmp
                        "--ema-decay", "0.5", "--out", tmp_path / "g")
     one_line_error(err, "--ema-decay", "--ema")
     assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (("train", "gan", "--ema", "1", "--steps", "1", "--out", "{tmp}/g"), ("unrecognized arguments: 1",
+                                                                          "see 'trilemma train gan --help'")),
+    (("show", "schedules", "--zz"), ("unrecognized arguments: --zz", "see 'trilemma show schedules --help'")),
+    (("train", "vae", "--data", "digits", "--steps", "2", "--minutes", "1", "--out", "{tmp}/v"),
+     ("--steps/--minutes", "not both")),
+    (("train", "ldm", "--autoencoder", "{tmp}/nothing", "--steps", "2", "--out", "{tmp}/l"),
+     ("--autoencoder: ", "no such run folder")),
+    (("train", "ddpm", "--data", "{tmp}/moved", "--steps", "2", "--out", "{tmp}/d"), ("moved or deleted?",)),
+    (("train", "t2i", "--data", "shapes", "--image-size", "8", "--steps", "2", "--out", "{tmp}/t"),
+     ("--image-size 8", "at least 32 px")),
+])
+def test_messages_name_what_the_user_typed(tmp_path, capsys, args, words):
+    code, _, err = cli(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2
+    one_line_error(err, *words)
+
+
+def test_eval_refuses_too_few_images_by_its_option(tmp_path, capsys):
+    code, _, err = cli(capsys, "eval", "--samples", tmp_path, "--data", "digits", "--n", "5")
+    one_line_error(err, "--n: the metrics need at least 10 images, got 5")

@@ -147,7 +147,10 @@ def load_autoencoder(path: str | Path, device: str | torch.device | None = None)
     if not str(path).strip():
         raise RunError(f"--autoencoder: expected the run folder of an autoencoder, got {str(path)!r}")
     path = Path(path)
-    config = read_run_config(path)
+    try:
+        config = read_run_config(path)
+    except RunError as e:
+        raise RunError(f"--autoencoder: {e}") from None
     if config["kind"] != "autoencoder" and config.get("autoencoder"):
         path = path / AUTOENCODER_DIR
         config = read_run_config(path)

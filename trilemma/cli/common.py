@@ -70,4 +70,6 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def subparser(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> Parser:
     """Add a subcommand that uses :class:`Parser` and shows defaults in --help."""
-    return sub.add_parser(name, help=help, description=help, formatter_class=DefaultsFormatter, **kwargs)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=DefaultsFormatter, **kwargs)
+    p.set_defaults(command_prog=p.prog)          # the deepest subcommand's, for errors the top level reports
+    return p

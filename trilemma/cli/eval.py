@@ -28,7 +28,7 @@ from trilemma.cli.common import (
 )
 from trilemma.cli.sample import add_sampler_args, sample_options, sampling_given
 from trilemma.errors import TrilemmaError
-from trilemma.metrics.evaluate import EVAL_FILE
+from trilemma.metrics.evaluate import EVAL_FILE, MIN_IMAGES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +74,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER, not both")
     if args.json is not None:
         output_file(args.json, "--json", suffixes=(".json",))
+    if args.n is not None and args.n < MIN_IMAGES:
+        raise TrilemmaError(f"--n: the metrics need at least {MIN_IMAGES} images, got {args.n}")
     cache_dir("stats")                                # the statistics cache must be usable: checked before sampling
     if args.samples is not None:
         if args.data is None:

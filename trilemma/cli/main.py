@@ -48,7 +48,10 @@ def _format_warning(message, category, filename, lineno, line=None):
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:                                     # name the subcommand whose --help lists the options
+        parser.exit(2, f"trilemma: error: unrecognized arguments: {' '.join(extra)} "
+                       f"(see '{getattr(args, 'command_prog', parser.prog)} --help')\n")
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return int(args.func(args) or 0)

@@ -95,7 +95,7 @@ def _run(args) -> int:
     # Only the options typed are passed on (the family fills in its defaults), so that a recipe's defaults
     # can tell a typed value from an unset one.
     values = {k: v for k, v in vars(args).items() if k in given
-              and k not in ("func", "family", "command", "out", "resume", "quiet", "parser", "argv")}
+              and k not in ("func", "family", "command", "command_prog", "out", "resume", "quiet", "parser", "argv")}
     if not args.resume and values.get("steps") is None and values.get("minutes") is None:
         from trilemma.errors import TrilemmaError
 

@@ -38,8 +38,8 @@ def load_dataset(config: DataConfig | str, split: str = "train", **overrides: An
     if os.path.exists(config.name) and not os.path.isdir(config.name):
         raise DataError(f"--data: {config.name} is a file, not a folder of images")
     if not os.path.isdir(config.name):
-        raise DataError(f"unknown dataset {config.name!r}: use one of "
-                        f"{', '.join((*BUILTIN_DATASETS, *TEXT_DATASETS))}, or a folder of images")
+        raise DataError(f"unknown dataset {config.name!r}: no such folder of images (moved or deleted?), and not "
+                        f"one of {', '.join((*BUILTIN_DATASETS, *TEXT_DATASETS))}")
     return load_folder(config, split)
 
 

@@ -270,7 +270,7 @@ def render(scene: Scene, boxes: Sequence[tuple[int, int, int]], size: int) -> np
 def make_shapes(n: int, seed: int, size: int = NATIVE_SIZE, stream: int = 0) -> tuple[np.ndarray, list[str]]:
     """``n`` images (n, 3, size, size) uint8 and their captions, deterministic in (seed, stream)."""
     if size < NATIVE_SIZE:
-        raise DataError(f"data option 'image_size': shapes needs at least {NATIVE_SIZE} px, got {size}")
+        raise DataError(f"--image-size {size}: the shapes dataset needs at least {NATIVE_SIZE} px")
     rng = np.random.default_rng([seed, stream])
     images = np.empty((n, 3, size, size), dtype=np.uint8)
     captions = []

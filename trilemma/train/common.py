@@ -87,7 +87,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if (self.steps is None) == (self.minutes is None):
+        if self.steps is not None and self.minutes is not None:
+            raise TrilemmaError("--steps/--minutes: give one training budget, not both")
+        if self.steps is None and self.minutes is None:
             raise TrilemmaError("give a training budget: exactly one of --steps or --minutes")
 
 
