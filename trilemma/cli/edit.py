@@ -65,5 +65,6 @@ def run(args) -> int:
     images = to_uint8(edited.float().cpu())
     write_outputs(images, out, args.npz, nrow=None)
     say(f"trilemma: edited {args.image} towards {args.prompt!r} (strength {args.strength:g}, {options.sampler} "
-        f"{steps} steps, {plan.nfe} network evaluations, guidance w={options.guidance:g}) in {seconds:.1f} s -> {out}")
+        f"{steps} steps, {plan.nfe * (1 if options.guidance == 1.0 else 2)} network evaluations each, guidance "
+        f"w={options.guidance:g}) in {seconds:.1f} s -> {out}")               # ×2 with guidance, as generate counts
     return 0
