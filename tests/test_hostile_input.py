@@ -249,7 +249,7 @@ def test_the_model_shape_check_knows_patches_and_latents():
                        "autoencoder": {"kl_weight": 1e-6}}, data, "f")    # an autoencoder's own section
 
 
-def test_an_autoencoders_dataset_that_is_gone_is_named_with_its_file(tmp_path, cache, capsys):
+def test_an_autoencoders_dataset_that_is_gone_or_contradicted_is_named(tmp_path, cache, capsys):
     ae = tmp_path / "ae"
     assert main(["train", "autoencoder", "--data", "digits", "--preset", "tiny", "--factor", "2", "--steps", "2",
                  "--quiet", "--out", str(ae)]) == 0
@@ -261,6 +261,10 @@ def test_an_autoencoders_dataset_that_is_gone_is_named_with_its_file(tmp_path, c
     code, _, err = cli(capsys, "train", "ldm", "--autoencoder", ae, "--data", "digits", "--steps", "2", "--quiet",
                        "--batch-size", "8", "--out", tmp_path / "l")
     assert code == 0, err
+    edit(ae, lambda c: c["data"].update(name="digits"))
+    code, _, err = cli(capsys, "show", "forward", "--data", "mnist-5k", "--autoencoder", ae, "--out", tmp_path / "f.png")
+    one_line_error(err, "--data mnist-5k", "trained on digits")
+    assert cli(capsys, "show", "forward", "--autoencoder", ae, "--T", "10", "--out", tmp_path / "f.png")[0] == 0
 
 
 def test_same_as_stored_reads_nested_sections_folders_and_bools(tmp_path, monkeypatch):

@@ -59,7 +59,8 @@ def _schedules(args) -> int:
 # ------------------------------------------------------------------------------------ forward
 def _register_forward(sub) -> None:
     p = subparser(sub, "forward", "x_0 … x_T of the forward process q(x_t|x_0), one row per schedule")
-    p.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
+    p.add_argument("--data", default=None, help="dataset name or image folder (default fashion-mnist; with "
+                   "--autoencoder, the autoencoder's)")
     p.add_argument("--out", default="forward.png", help="PNG to write")
     p.add_argument("--n", type=rows_int, default=3, help=f"number of images (at most {MAX_ROWS})")
     p.add_argument("--columns", type=columns_int, default=11, help=f"steps shown from t=0 to t=T (at most {MAX_COLUMNS})")
@@ -76,6 +77,8 @@ def _forward(args) -> int:
 
     from trilemma.data import load_dataset
     from trilemma.diffusion.schedule import SCHEDULES, make_schedule
+    from trilemma.errors import TrilemmaError
+    from trilemma.experiments import data_key
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
     _check_out(args)
@@ -85,9 +88,12 @@ def _forward(args) -> int:
         from trilemma.autoencoder import load_autoencoder
 
         ae = load_autoencoder(args.autoencoder, device="cpu")
+        if data is not None and data_key(data) != ae.data_config.name:
+            raise TrilemmaError(f"--data {data}: the autoencoder {args.autoencoder} was trained on "
+                                f"{ae.data_config.name}; leave out --data to use its dataset")
         encode, decode, data = ae.encode, (lambda z: ae.decode(z).cpu()), ae.data_config
         space = f" in the latent space of {Path(args.autoencoder).name} (decoded)"
-    dataset = load_dataset(data, "test")
+    dataset = load_dataset(data or "fashion-mnist", "test")
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(dataset), generator=g)[:args.n]
     x_0, _ = dataset.batch(idx)                                                   # (n, C, H, W)
