@@ -403,3 +403,16 @@ def test_messages_name_what_the_user_typed(tmp_path, capsys, args, words):
 def test_eval_refuses_too_few_images_by_its_option(tmp_path, capsys):
     code, _, err = cli(capsys, "eval", "--samples", tmp_path, "--data", "digits", "--n", "5")
     one_line_error(err, "--n: the metrics need at least 10 images, got 5")
+
+
+def test_eval_of_a_run_without_test_images_fails_before_sampling(tmp_path, cache, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "one").mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "one" / "a.png")
+    assert cli(capsys, "train", "ddpm", "--data", tmp_path / "one", "--preset", "tiny", "--steps", "1",
+               "--batch-size", "1", "--quiet", "--out", tmp_path / "r")[0] == 0
+    code, _, err = cli(capsys, "eval", tmp_path / "r", "--n", "10", "--steps", "2")
+    assert "sampling" not in err
+    one_line_error(err, "test split", "is empty")

@@ -63,6 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     from trilemma.utils.io import write_json
     from trilemma.utils.outputs import output_file
+    from trilemma.data import load_dataset
     from trilemma.utils.paths import cache_dir
 
     if args.prompts is not None:
@@ -107,6 +108,7 @@ def run_eval(args: argparse.Namespace) -> int:
         run = load_run_for_eval(args.run, args.device)
         options = sample_options(args)
         run.check_options(options)
+        load_dataset(run.data_config, "test")         # the reference split exists and is not empty: before sampling
         n = args.n or DEFAULT_N
         check_sampling_memory(run, n, args.batch_size)
         say(f"sampling {n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
