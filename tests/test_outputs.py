@@ -117,6 +117,20 @@ def test_output_file_refuses_the_files_a_run_keeps(tmp_path):
     assert output_file(tmp_path / "config.json", "--json", suffixes=(".json",))   # not inside a run
 
 
+def test_output_dir_refuses_a_runs_own_subfolders(tmp_path):
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "autoencoder").mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "autoencoder" / "config.json").write_text("{}")
+    for inside in ("state", "state/new", "samples/x", "autoencoder/state"):
+        with pytest.raises(TrilemmaError) as e:
+            output_dir(run / inside, "--out")
+        one_line(e.value, "--out", "of the run folder", "choose a folder outside it")
+    assert output_dir(run / "ae", "--out") == run / "ae"               # a phase's run inside a recipe's folder
+    assert output_dir(run / "autoencoder", "--out") == run / "autoencoder"   # a run folder itself
+
+
 def test_output_file_parent_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     for path in (tmp_path / "file" / "x.png", tmp_path / "file" / "deeper" / "x.png"):

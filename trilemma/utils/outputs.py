@@ -76,6 +76,7 @@ def output_dir(path: str | os.PathLike, option: str, *, must_be_new: bool = Fals
     info = _stat(path)
     if info is not None and not stat.S_ISDIR(info.st_mode):
         raise TrilemmaError(f"{label}: is a file, expected a folder")
+    _refuse_run_subfolder(path, label)
     exists = info is not None
     if require_run and not (exists and (path / RUN_MARKER).is_file()):
         raise RunError(f"{label}: is not a run folder (no {RUN_MARKER})")
@@ -127,6 +128,24 @@ def _as_path(path: str | os.PathLike, option: str) -> Path:
     if "\0" in text:
         raise TrilemmaError(f"{option}: {text!r}: a path cannot contain a NUL character")
     return Path(text).expanduser()
+
+
+RUN_SUBFOLDERS = ("state", "samples", "autoencoder")   # a run's own subfolders: no output folder goes there
+
+
+def _refuse_run_subfolder(path: Path, label: str) -> None:
+    real = Path(os.path.realpath(os.fspath(path)))
+    for folder in real.parents:
+        try:
+            is_run = (folder / RUN_MARKER).is_file()
+        except OSError:
+            is_run = False
+        if is_run:
+            inside = real.relative_to(folder)
+            if inside.parts[0] in RUN_SUBFOLDERS and not (real / RUN_MARKER).is_file():
+                raise TrilemmaError(f"{label}: is inside {inside.parts[0]}/ of the run folder {folder}, which the run "
+                                    f"keeps for itself; choose a folder outside it")
+            return
 
 
 def _refuse_run_file(path: Path, label: str) -> None:
