@@ -193,7 +193,7 @@ def test_edit_images_and_the_cli_with_every_solver(t2i_run, tmp_path, capsys):
                        "--sampler", "dpmpp-2m", "--steps", 10, "--spacing", "logsnr", "--out", tmp_path / "e.png",
                        "--quiet")
     assert code == 0, err
-    assert "dpmpp-2m 6 steps, 6 network evaluations" in err
+    assert "dpmpp-2m 6 steps, 12 network evaluations each" in err            # 6 steps × 2 for guidance (w = 4)
     code, _, err = cli(capsys, "edit", t2i_run, tmp_path / "in.png", "a blue square", "--sampler", "ddim",
                        "--spacing", "karras", "--out", tmp_path / "e2.png", "--quiet")
     assert code == 2 and "--spacing" in err and "Traceback" not in err
