@@ -95,25 +95,30 @@ RUN_FILES = frozenset({RUN_MARKER, "metrics.jsonl", "loss.png", "recon.json", "e
                        "samples/reconstructions.png", "samples/prompts.txt"})
 
 
-def run_file_of(path: str | os.PathLike) -> tuple[Path, Path] | None:
-    """``(run folder, path inside it)`` when ``path`` is one of the files a run folder keeps, else ``None``.
-
-    The run folder is the nearest folder above ``path`` (links resolved) holding ``config.json``;
-    a run inside a run (a latent run's ``autoencoder/``) counts as its own run.
-    """
+def enclosing_run(path: str | os.PathLike) -> tuple[Path, Path] | None:
+    """``(run folder, path inside it)`` for the nearest folder above ``path`` (links resolved) that
+    holds ``config.json``; ``None`` when no folder above it does. A run inside a run (a latent
+    run's ``autoencoder/``, a recipe's phase) counts as its own run."""
     real = Path(os.path.realpath(os.fspath(path)))
     for folder in real.parents:
         try:
-            is_run = (folder / RUN_MARKER).is_file()
+            if (folder / RUN_MARKER).is_file():
+                return folder, real.relative_to(folder)
         except OSError:
-            is_run = False
-        if is_run:
-            inside = real.relative_to(folder)
-            if (inside.as_posix() in RUN_FILES or inside.suffix == ".safetensors"
-                    or (len(inside.parts) > 1 and inside.parts[0] == "state")
-                    or (len(inside.parts) == 2 and inside.parts[0] == "samples" and inside.name.startswith("step_"))):
-                return folder, inside
-            return None
+            continue
+    return None
+
+
+def run_file_of(path: str | os.PathLike) -> tuple[Path, Path] | None:
+    """``(run folder, path inside it)`` when ``path`` is one of the files a run folder keeps, else ``None``."""
+    found = enclosing_run(path)
+    if found is None:
+        return None
+    inside = found[1]
+    if (inside.as_posix() in RUN_FILES or inside.suffix == ".safetensors"
+            or (len(inside.parts) > 1 and inside.parts[0] == "state")
+            or (len(inside.parts) == 2 and inside.parts[0] == "samples" and inside.name.startswith("step_"))):
+        return found
     return None
 
 
@@ -134,18 +139,12 @@ RUN_SUBFOLDERS = ("state", "samples", "autoencoder")   # a run's own subfolders:
 
 
 def _refuse_run_subfolder(path: Path, label: str) -> None:
-    real = Path(os.path.realpath(os.fspath(path)))
-    for folder in real.parents:
-        try:
-            is_run = (folder / RUN_MARKER).is_file()
-        except OSError:
-            is_run = False
-        if is_run:
-            inside = real.relative_to(folder)
-            if inside.parts[0] in RUN_SUBFOLDERS and not (real / RUN_MARKER).is_file():
-                raise TrilemmaError(f"{label}: is inside {inside.parts[0]}/ of the run folder {folder}, which the run "
-                                    f"keeps for itself; choose a folder outside it")
-            return
+    found = enclosing_run(path)
+    if found is not None:
+        folder, inside = found
+        if inside.parts[0] in RUN_SUBFOLDERS and not (folder / inside / RUN_MARKER).is_file():
+            raise TrilemmaError(f"{label}: is inside {inside.parts[0]}/ of the run folder {folder}, which the run "
+                                f"keeps for itself; choose a folder outside it")
 
 
 def _refuse_run_file(path: Path, label: str) -> None:
