@@ -416,3 +416,18 @@ def test_eval_of_a_run_without_test_images_fails_before_sampling(tmp_path, cache
     code, _, err = cli(capsys, "eval", tmp_path / "r", "--n", "10", "--steps", "2")
     assert "sampling" not in err
     one_line_error(err, "test split", "is empty")
+
+
+def test_demo_resume_continues_only_a_demo_and_keeps_its_options(run, tmp_path, cache, capsys):
+    demo = ["demo", "--data", "digits", "--preset", "tiny", "--ddpm-n", "1", "--ddim-n", "1"]
+    assert cli(capsys, *demo, "--steps", "4", "--out", tmp_path / "d")[0] == 0
+    assert json.loads((tmp_path / "d" / "demo.json").read_text())["data"] == "digits"
+    code, _, err = cli(capsys, "demo", "--resume", "--steps", "6", "--data", "mnist-5k", "--lr", "0.5",
+                       "--out", tmp_path / "d")
+    one_line_error(err, "--data, --lr cannot change when resuming")
+    assert cli(capsys, *demo, "--resume", "--steps", "5", "--out", tmp_path / "d")[0] == 0   # the same options
+    folder = clone(run, tmp_path / "plain")                               # a `trilemma train ddpm` run
+    before = sorted(p.name for p in folder.iterdir())
+    code, _, err = cli(capsys, "demo", "--resume", "--steps", "3", "--out", folder)
+    one_line_error(err, "is not a demo folder", "trilemma train KIND --resume")
+    assert sorted(p.name for p in folder.iterdir()) == before             # no autoencoder trained into it

@@ -27,7 +27,8 @@ from trilemma.cli.common import (
     seed_int,
     subparser,
 )
-from trilemma.errors import RunError
+from trilemma.errors import RunError, TrilemmaError
+from trilemma.utils.io import write_json
 
 
 def register(sub) -> None:
@@ -69,6 +70,46 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+DEMO_FILE = "demo.json"        # a demo folder's recipe: what --resume continues, and the mark of a demo folder
+# The recipe's options that a resume keeps, and their flags (device and bf16 may change).
+FIXED = {"space": "--space", "data": "--data", "preset": "--preset", "batch_size": "--batch-size", "lr": "--lr",
+         "prediction": "--prediction", "loss_weight": "--loss-weight", "noise_levels": "--noise-levels",
+         "lr_decay": "--lr-decay", "seed": "--seed"}
+
+
+def resumed_recipe(out, recipe, argv: list[str]):
+    """The recipe of the demo in ``out``, with this session's device and bf16; refused, before anything is
+    written, when ``out`` is not a demo folder or a typed option differs from the demo's own."""
+    import dataclasses
+
+    from trilemma.experiments import data_key
+    from trilemma.experiments.demo import AE_DIR
+    from trilemma.utils.io import read_json
+
+    file = out / DEMO_FILE
+    if not file.is_file():
+        ae = out / AE_DIR / "config.json"
+        if ae.is_file() and read_json(ae).get("kind") == "autoencoder" and recipe.space == "latent":
+            return recipe                        # a latent demo from before demo.json: the run keeps its options
+        raise RunError(f"--resume: {out} is not a demo folder (no {DEMO_FILE}); continue a `trilemma train` run "
+                       f"with `trilemma train KIND --resume --out {out}`")
+    stored = read_json(file)
+    if not isinstance(stored, dict) or set(stored) != set(FIXED):
+        raise RunError(f"{file}: expected the demo's options {', '.join(FIXED)}; restore the file")
+
+    def typed(flag: str) -> bool:
+        return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+    def same(key: str, value) -> bool:
+        return data_key(value) == data_key(stored[key]) if key == "data" else value == stored[key]
+
+    changed = [flag for key, flag in FIXED.items() if typed(flag) and not same(key, getattr(recipe, key))]
+    if changed:
+        raise TrilemmaError(f"--resume: {', '.join(changed)} cannot change when resuming (the demo keeps its "
+                            f"options in {file})")
+    return dataclasses.replace(recipe, **stored)
+
+
 def run(args) -> int:
     from trilemma.experiments.demo import (
         AE_DIR,
@@ -88,8 +129,6 @@ def run(args) -> int:
     if not args.resume:
         check_run_dir(out, resume=False)
         check_run_dir(out / AE_DIR, resume=False)
-    elif not (out / "config.json").is_file() and not (out / AE_DIR / "config.json").is_file():
-        raise RunError(f"--resume: {out} holds no demo run to continue")
     t0 = time.perf_counter()
     minutes = None if args.steps else (args.minutes or DEFAULT_MINUTES)
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and native_bf16(pick_device(args.device)))
@@ -97,6 +136,11 @@ def run(args) -> int:
                         prediction=args.prediction, noise_levels=args.noise_levels, lr_decay=args.lr_decay,
                         loss_weight=args.loss_weight or ("uniform" if args.prediction == "edm" else "min-snr"),
                         seed=args.seed, bf16=bf16, device=args.device)
+    if args.resume:
+        recipe = resumed_recipe(out, recipe, getattr(args, "argv", []))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / DEMO_FILE, {k: getattr(recipe, k) for k in FIXED})
     result = train_demo(out, recipe, minutes=minutes, steps=args.steps, resume=args.resume)
     if result.interrupted:
         say(f"trilemma: interrupted; continue with: trilemma demo --out {out} --resume")
