@@ -431,3 +431,12 @@ def test_demo_resume_continues_only_a_demo_and_keeps_its_options(run, tmp_path, 
     code, _, err = cli(capsys, "demo", "--resume", "--steps", "3", "--out", folder)
     one_line_error(err, "is not a demo folder", "trilemma train KIND --resume")
     assert sorted(p.name for p in folder.iterdir()) == before             # no autoencoder trained into it
+
+
+def test_the_latent_t2i_recipe_checks_phase_two_options_before_training_phase_one(tmp_path, capsys):
+    recipe = ["train", "t2i", "--preset", "tiny", "--recipe", "latent", "--steps", "4", "--quiet"]
+    code, _, err = cli(capsys, *recipe, "--data", "shapes", "--patch", "2", "--out", tmp_path / "p")
+    one_line_error(err, "--patch 2", "latent")
+    code, _, err = cli(capsys, *recipe, "--data", "digits", "--out", tmp_path / "d")
+    one_line_error(err, "digits has no captions")
+    assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()   # no autoencoder, no recipe.json

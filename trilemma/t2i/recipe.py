@@ -32,7 +32,7 @@ from trilemma.autoencoder.phase import (
     run_phase1,
 )
 from trilemma.data import DataConfig
-from trilemma.errors import RunError
+from trilemma.errors import RunError, TrilemmaError
 from trilemma.options import flat_options, opt, option_names
 from trilemma.train import distributed
 from trilemma.train.loop import FitResult
@@ -156,8 +156,23 @@ def _record(out: Path, options: dict[str, Any], resume: bool) -> None:
         check_run_dir(out, resume=False)
         check_run_dir(out / AE_DIR, resume=False)
         values = latent_options(options)
+        _check_phase2_options(values)
         out.mkdir(parents=True, exist_ok=True)
     write_json(out / RECIPE_FILE, {"recipe": "latent", "options": values})
+
+
+def _check_phase2_options(values: dict[str, Any]) -> None:
+    """What phase 2 would refuse, checked before phase 1 trains (a refusal then left a folder that no
+    command could continue): a pixel-space option, a dataset without captions."""
+    from trilemma.data import load_dataset
+    from trilemma.data.text import require_captions
+
+    if values.get("patch") not in (None, 1):
+        raise TrilemmaError(f"--patch {values['patch']}: the latent recipe trains on autoencoder latents; patches "
+                            f"are for pixel space (--recipe pixel)")
+    if values.get("autoencoder") is None:
+        data = {k: values[k] for k in option_names((DataConfig,)) if values.get(k) is not None}
+        require_captions(load_dataset(data.pop("data", "shapes"), "train", **data))
 
 
 def _check_total(out: Path, minutes: float, first: float, second: float) -> None:
