@@ -440,3 +440,19 @@ def test_the_latent_t2i_recipe_checks_phase_two_options_before_training_phase_on
     code, _, err = cli(capsys, *recipe, "--data", "digits", "--out", tmp_path / "d")
     one_line_error(err, "digits has no captions")
     assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()   # no autoencoder, no recipe.json
+
+
+def test_steps_experiment_names_nfe_and_only_rank_zero_reports(run, tmp_path, capsys, monkeypatch):
+    code, _, err = cli(capsys, "experiment", "steps", run, "--out", tmp_path / "s", "--nfe", "10000",
+                       "--samplers", "ddim", "--n", "20", "--no-reference")
+    one_line_error(err, "--nfe 10000: ddim:", "between 1 and T=100")
+    assert not (tmp_path / "s").exists()
+
+    from trilemma.cli.train import report
+    from trilemma.train.loop import FitResult
+
+    result = FitResult(run_dir=run, step=3, elapsed_s=1.0, interrupted=False, last_loss=0.5)
+    monkeypatch.setenv("RANK", "1")
+    assert report(result) == 0 and capsys.readouterr().err == ""            # torchrun's other ranks stay quiet
+    monkeypatch.setenv("RANK", "0")
+    assert report(result) == 0 and "trained 3 steps" in capsys.readouterr().err

@@ -30,11 +30,15 @@ TRAINERS = {
 
 
 def report(result) -> int:
+    """The closing line (printed by one process: under torchrun, rank 0) and the exit code."""
+    import os
+
+    speak = say if int(os.environ.get("RANK", "0")) == 0 else (lambda _: None)
     if result.interrupted:
         how = "SIGTERM" if result.signal == "SIGTERM" else "interrupted"
-        say(f"trilemma: {how} at step {result.step}; checkpoint saved in {result.run_dir} (continue with --resume)")
+        speak(f"trilemma: {how} at step {result.step}; checkpoint saved in {result.run_dir} (continue with --resume)")
         return 143 if result.signal == "SIGTERM" else 130
-    say(f"trilemma: trained {result.step} steps in {result.elapsed_s / 60:.1f} min "
+    speak(f"trilemma: trained {result.step} steps in {result.elapsed_s / 60:.1f} min "
         f"(last loss {result.last_loss:.4f}); run folder: {result.run_dir}")
     return 0
 

@@ -162,12 +162,16 @@ def run_steps(run_path: str | Path, cfg: StepsConfig, out: str | Path, progress:
     out = Path(out)
     run = load_run(run_path, device=cfg.device)
     if not isinstance(run, DiffusionRun):
-        raise TrilemmaError(f"{run_path}: a {run.kind} run; `experiment steps` needs a diffusion run "
-                            f"(ddpm, ldm or t2i)")
+        raise TrilemmaError(f"{run_path}: {'an' if run.kind[0] in 'aeiou' else 'a'} {run.kind} run; `experiment "
+                            f"steps` needs a diffusion run (ddpm, ldm or t2i)")
     T = run.schedule.T
     for nfe in cfg.nfe:                                         # refuse impossible budgets before any work
         for sampler in cfg.samplers:
-            run.timesteps(cell_options(sampler, nfe, cfg.spacing))
+            try:
+                run.timesteps(cell_options(sampler, nfe, cfg.spacing))
+            except TrilemmaError as e:                          # a sampler's --steps is this command's --nfe
+                message = str(e)
+                raise TrilemmaError(f"--nfe {nfe}: {sampler}: {message.partition(': ')[2] or message}") from None
     (out / CELLS_DIR).mkdir(parents=True, exist_ok=True)
     sha = file_sha256(weights_file(run))
     plan = [(s, k) for s in cfg.samplers for k in cfg.nfe] + ([("ddpm", None)] if cfg.reference else [])

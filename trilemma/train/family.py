@@ -163,6 +163,8 @@ def train(spec: TrainSpec, out: str | os.PathLike, *, resume: bool = False, prog
         # A resume rewrites config.json with this session's changes (--device, --bf16, the budget, …)
         # before building; if this session then fails before its first checkpoint, the old file is put
         # back, so that a bad option (--device meta, --compile where it cannot work) does not stick.
+        if w.distributed and not resume:                               # before the run folder is made
+            distributed.local_slice(train_config(values).batch_size, w)
         restore = _ConfigRestore(out) if resume and w.is_main else None
         try:
             prepared = distributed.main_first(lambda: _prepare(spec, out, values, options, resume), w, others=False)
