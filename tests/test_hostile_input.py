@@ -456,3 +456,20 @@ def test_steps_experiment_names_nfe_and_only_rank_zero_reports(run, tmp_path, ca
     assert report(result) == 0 and capsys.readouterr().err == ""            # torchrun's other ranks stay quiet
     monkeypatch.setenv("RANK", "0")
     assert report(result) == 0 and "trained 3 steps" in capsys.readouterr().err
+
+
+def test_ui_refuses_an_address_it_cannot_listen_on_in_one_line(tmp_path):
+    import socket
+
+    from trilemma.cli.ui import check_listen
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(TrilemmaError, match=f"--port {port}: cannot listen there"):
+            check_listen("127.0.0.1", port)
+    check_listen("127.0.0.1", port)                                        # free again
+    for host in ("999.1.1.1", "example.invalid"):
+        with pytest.raises(TrilemmaError, match=f"--host {host}: not an address"):
+            check_listen(host, port)

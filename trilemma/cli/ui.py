@@ -10,6 +10,7 @@ Serves on 127.0.0.1 only, unless ``--host`` says otherwise; a public share link 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from trilemma.cli.common import say, subparser
 
@@ -63,9 +64,11 @@ def run(args) -> int:
 
     served = ServedPaths.from_args(args.run_dirs, args.runs_dir)
     if not served.roots:
+        what = "is not a folder" if Path(args.runs_dir).exists() else "does not exist"
         raise TrilemmaError(f"no run folders to serve: give RUN_DIRs or a --runs-dir that exists "
-                            f"({args.runs_dir!r} does not)")
+                            f"({args.runs_dir!r} {what})")
     pick_device(args.device)                                   # a bad --device fails here, in one line
+    check_listen(args.host, args.port)
     if not is_loopback(args.host):
         print(f"trilemma: warning: --host {args.host}: the app is reachable from other machines, without a login; "
               f"anyone who can connect can run the models and read the served run folders", file=sys.stderr)
@@ -74,3 +77,24 @@ def run(args) -> int:
     say(f"trilemma: serving {len(served.runs())} run folder(s) from {', '.join(map(str, served.roots))}")
     launch(served, host=args.host, port=args.port, share=args.share, device=args.device, block=True)
     return 0
+
+
+def check_listen(host: str, port: int) -> None:
+    """``--host``/``--port`` can be listened on (an address of this machine, a free port): one line otherwise,
+    before Gradio starts (whose error blames the port for either)."""
+    import socket
+
+    from trilemma.errors import TrilemmaError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise TrilemmaError(f"--host {host}: not an address this machine can listen on ({e})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise TrilemmaError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}; "
+                                f"another program on that port? choose another --port)") from None
