@@ -89,7 +89,8 @@ def resumed_recipe(out, recipe, argv: list[str]):
     file = out / DEMO_FILE
     if not file.is_file():
         ae = out / AE_DIR / "config.json"
-        if ae.is_file() and read_json(ae).get("kind") == "autoencoder" and recipe.space == "latent":
+        kind = read_json(ae).get("kind") if ae.is_file() and isinstance(read_json(ae), dict) else None
+        if kind == "autoencoder" and recipe.space == "latent":
             return recipe                        # a latent demo from before demo.json: the run keeps its options
         raise RunError(f"--resume: {out} is not a demo folder (no {DEMO_FILE}); continue a `trilemma train` run "
                        f"with `trilemma train KIND --resume --out {out}`")
