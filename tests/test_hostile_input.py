@@ -473,3 +473,13 @@ def test_ui_refuses_an_address_it_cannot_listen_on_in_one_line(tmp_path):
     for host in ("999.1.1.1", "example.invalid"):
         with pytest.raises(TrilemmaError, match=f"--host {host}: not an address"):
             check_listen(host, port)
+
+
+def test_generate_takes_the_seeds_the_command_line_takes(run):
+    import numpy as np
+
+    r = load_run(run, device="cpu")
+    assert torch.equal(r.generate(2, seed=np.int64(3), progress=False), r.generate(2, seed=3, progress=False))
+    for seed in (-1, 2**63, 1.5, True, "3"):
+        with pytest.raises(TrilemmaError, match="--seed: must be an integer"):
+            r.generate(2, seed=seed, progress=False)

@@ -11,6 +11,7 @@ which family made them.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +105,9 @@ class GeneratorRun:
             raise TrilemmaError(f"--n: must be a positive integer, got {n}")
         if batch_size <= 0:
             raise TrilemmaError(f"--batch-size: must be a positive integer, got {batch_size}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+            raise TrilemmaError(f"--seed: must be an integer in [0, 2**63-1] (as on the command line), got {seed!r}")
+        seed = int(seed)                                                  # numpy integers too
         check_memory(sampling_bytes(n, min(batch_size, n), self.image_shape), f"sampling {n} images of "
                      f"{'x'.join(map(str, self.image_shape))}", "--n")
         g = self.generator(seed)
