@@ -483,3 +483,9 @@ def test_generate_takes_the_seeds_the_command_line_takes(run):
     for seed in (-1, 2**63, 1.5, True, "3"):
         with pytest.raises(TrilemmaError, match="--seed: must be an integer"):
             r.generate(2, seed=seed, progress=False)
+
+
+def test_show_trajectory_says_when_fewer_columns_exist_than_asked(run, tmp_path, capsys):
+    code, _, err = cli(capsys, "show", "trajectory", run, "--columns", "50", "--steps", "2", "--sampler", "ddim",
+                       "--out", tmp_path / "t.png")
+    assert code == 0 and "--columns 50: these sampling options pass through only 3 states" in err, err

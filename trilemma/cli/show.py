@@ -146,6 +146,9 @@ def _trajectory(args) -> int:
         raise TrilemmaError(f"{args.run}: a {run.kind} run has no reverse process to show")
     options = sample_options(args)
     _, traj = run.sample_batch(args.n, run.generator(args.seed), options, return_trajectory=True)
+    if len(traj["x_t"]) < args.columns:
+        say(f"note: --columns {args.columns}: these sampling options pass through only {len(traj['x_t'])} states "
+            f"x_t (noise to image); all are shown")
     out = save_trajectory(traj, lambda x: run.decode(x.to(run.device)),
                           f"reverse process of {Path(args.run).name}: {run.describe(options)}", args.out, args.columns)
     say(f"trilemma: wrote {out}")
@@ -236,6 +239,8 @@ def _attention(args) -> int:
     title = (f"cross-attention of {Path(args.run).name}: {run.describe(options)}, "     # describe names the prompt
              f"mean over heads and {'all layers' if layer is None else f'the {layer}×{layer} layers'}")
     out = save_attention_figure(att, args.out, title)
+    if len(att.t) < args.rows:
+        say(f"note: --rows {args.rows}: these sampling options make only {len(att.t)} network calls; all are shown")
     say(f"trilemma: wrote {out} ({len(att.t)} steps × {len(att.labels)} tokens: {' '.join(att.labels)})")
     return 0
 
