@@ -82,15 +82,15 @@ def resumed_recipe(out, recipe, argv: list[str]):
     written, when ``out`` is not a demo folder or a typed option differs from the demo's own."""
     import dataclasses
 
-    from trilemma.experiments import data_key
+    from trilemma.data.config import data_key
     from trilemma.experiments.demo import AE_DIR
     from trilemma.utils.io import read_json
 
     file = out / DEMO_FILE
     if not file.is_file():
         ae = out / AE_DIR / "config.json"
-        kind = read_json(ae).get("kind") if ae.is_file() and isinstance(read_json(ae), dict) else None
-        if kind == "autoencoder" and recipe.space == "latent":
+        ae_config = read_json(ae) if ae.is_file() else None
+        if isinstance(ae_config, dict) and ae_config.get("kind") == "autoencoder" and recipe.space == "latent":
             return recipe                        # a latent demo from before demo.json: the run keeps its options
         raise RunError(f"--resume: {out} is not a demo folder (no {DEMO_FILE}); continue a `trilemma train` run "
                        f"with `trilemma train KIND --resume --out {out}`")

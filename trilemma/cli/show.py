@@ -78,7 +78,7 @@ def _forward(args) -> int:
     from trilemma.data import load_dataset
     from trilemma.diffusion.schedule import SCHEDULES, make_schedule
     from trilemma.errors import TrilemmaError
-    from trilemma.experiments import data_key
+    from trilemma.data.config import data_key
     from trilemma.viz import _pyplot, as_uint8_nhwc, grid_array, save_figure
 
     _check_out(args)

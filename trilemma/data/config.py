@@ -75,6 +75,11 @@ class DataConfig:
     def is_builtin(self) -> bool:
         return self.name in BUILTIN_DATASETS
 
+    @property
+    def is_named(self) -> bool:
+        """A dataset by name (built-in or captioned), not a folder."""
+        return self.is_builtin or self.name in TEXT_DATASETS
+
     def resolved(self) -> DataConfig:
         """This config with ``image_size`` and ``channels`` set to the source's native values.
 
@@ -82,8 +87,7 @@ class DataConfig:
         the folder when read from another working directory.
         """
         size, channels = {**NATIVE_SHAPE, **TEXT_DATASETS}.get(self.name, FOLDER_NATIVE_SHAPE)
-        named = self.is_builtin or self.name in TEXT_DATASETS
-        name = self.name if named else os.path.abspath(os.path.expanduser(self.name))
+        name = self.name if self.is_named else os.path.abspath(os.path.expanduser(self.name))
         return dataclasses.replace(
             self,
             name=name,
@@ -110,3 +114,8 @@ class DataConfig:
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def data_key(name: str) -> str:
+    """A dataset as records keep it: a name, or a folder as an absolute path (``DataConfig.resolved``)."""
+    return DataConfig(name=name).resolved().name

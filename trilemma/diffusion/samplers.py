@@ -660,8 +660,9 @@ def sample_with(name: str, denoiser: Denoiser, x_T: torch.Tensor, schedule: Nois
     The solvers: ``solver_timesteps(schedule, solver_points(name, steps or 50), spacing)``.
     ``name`` ``auto``: :func:`auto_sampler` for ``steps``. ``spacing`` None: :func:`default_spacing`.
     ``eta`` (None: :func:`default_eta`) is for ddim, dpmpp-2m-sde and euler; ddpm ignores it and
-    the other solvers refuse a non-zero one; ``variance`` other than β̃ is refused but by ddpm. ``order`` is for unipc only. Returns what the sampler
-    returns: x_0, or (x_0, trajectory) with ``return_trajectory``.
+    the other solvers refuse a non-zero one; ``variance`` other than β̃ is refused but by ddpm.
+    ``order`` is for unipc only. Returns what the sampler returns: x_0, or (x_0, trajectory) with
+    ``return_trajectory``.
     """
     name, eta, spacing = check_sampling(name, steps, eta, variance, spacing)
     common = {"cond": cond, "generator": generator, "callback": callback, "return_trajectory": return_trajectory}

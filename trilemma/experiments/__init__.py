@@ -19,17 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from trilemma.data.config import data_key  # noqa: F401 - the experiments record datasets with it
 from trilemma.errors import TrilemmaError
 from trilemma.utils.io import read_json, write_json
 
 SETTINGS_FILE = "settings.json"   # the settings an experiment folder's runs were trained with
-
-
-def data_key(name: str) -> str:
-    """A dataset as settings record it: a built-in name, or a folder as an absolute path."""
-    from trilemma.data import DataConfig
-
-    return DataConfig(name=name).resolved().name
 
 
 def check_settings(out: Path, experiment: str, settings: dict[str, Any]) -> None:

@@ -23,7 +23,6 @@ import torch
 from trilemma.autoencoder.cache import TrainingLatents
 from trilemma.autoencoder.run import AUTOENCODER_DIR, AutoencoderRun, load_autoencoder, run_autoencoder
 from trilemma.data import DataConfig, ImageDataset, load_dataset
-from trilemma.data.config import TEXT_DATASETS
 from trilemma.ddpm.config import DiffusionConfig
 from trilemma.ddpm.train import UNET_OVERRIDES, class_dropout, preview_samples
 from trilemma.diffusion.losses import diffusion_loss
@@ -45,8 +44,7 @@ def ldm_data_config(autoencoder: AutoencoderRun, data: str | DataConfig | None,
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if data is None:
         config = dataclasses.replace(autoencoder.data_config, **overrides)
-        named = config.is_builtin or config.name in TEXT_DATASETS
-        if not named and not os.path.isdir(config.name):
+        if not config.is_named and not os.path.isdir(config.name):
             raise TrilemmaError(f"{autoencoder.path / 'config.json'}: data.name: the autoencoder's dataset "
                                 f"{config.name!r} is neither a dataset name nor a folder here; pass --data")
     elif isinstance(data, DataConfig):

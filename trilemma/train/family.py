@@ -22,6 +22,7 @@ import torch
 from trilemma import __version__
 from trilemma.config import from_dict, to_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
+from trilemma.data.config import data_key
 from trilemma.errors import RunError, TrilemmaError
 from trilemma.options import build, option_names
 from trilemma.run import RUN_SECTIONS
@@ -207,7 +208,7 @@ def _same_as_stored(out: Path, name: str, value: Any) -> bool:
     elif name == "data":                                               # a folder as the run wrote it: absolute
         found = [config["data"].get("name")] if isinstance(config.get("data"), dict) else []
         try:
-            value = DataConfig(name=value).resolved().name
+            value = data_key(value)
         except (TrilemmaError, TypeError):
             return False
     else:
