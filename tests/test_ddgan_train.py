@@ -228,6 +228,104 @@ def test_dcgan_sized_networks_train_resume_exactly_and_load_for_sampling(tmp_pat
     one_line_error(err, "--arch dcgan", "18×18")
 
 
+# ------------------------------------------------------------- v-prediction and the regression pretraining
+@pytest.mark.parametrize("arch", ["unet", "dcgan"])
+def test_v_prediction_turns_the_output_into_x0_on_the_schedule(arch):
+    """--prediction v: x̂₀ = √ᾱ_t x_t − √(1 − ᾱ_t) v̂, so the true v = √ᾱ ε − √(1 − ᾱ) x₀ gives x̂₀ = x₀
+    exactly; the (√ᾱ, √(1 − ᾱ)) table is not part of the weights."""
+    from trilemma.ddgan import make_generator
+    from trilemma.ddgan.diffusion import _at
+
+    cfg = DDGANConfig(T=4, z_dim=8, prediction="v")
+    net = preset("tiny", 8, 1, arch=arch)
+    schedule = ddgan_schedule(cfg)
+    torch.manual_seed(0)
+    G = make_generator(net, cfg.z_dim, cfg)
+    assert "v_coefficients" not in G.state_dict()
+    x_0, eps, t = torch.rand(5, 1, 8, 8) * 2 - 1, torch.randn(5, 1, 8, 8), torch.tensor([1, 2, 3, 4, 2])
+    a, s = _at(schedule, "sqrt_alpha_bar", t, x_0), _at(schedule, "sqrt_one_minus_alpha_bar", t, x_0)
+    x_t, v = a * x_0 + s * eps, a * eps - s * x_0
+    torch.testing.assert_close(G.x0_from_output(v, x_t, t), x_0, atol=1e-5, rtol=0)
+    # an untrained output of 0 answers √ᾱ_t x_t; and the whole network follows the formula on its own output
+    torch.testing.assert_close(G.x0_from_output(torch.zeros_like(x_t), x_t, t), a * x_t)
+    z = torch.randn(5, 8)
+    plain = make_generator(net, cfg.z_dim)                    # the same weights read as x̂₀ (tanh: pixels)
+    plain.load_state_dict(G.state_dict())
+    raw = torch.atanh(plain(x_t, z, t).clamp(-1 + 1e-6, 1 - 1e-6).double()).float()
+    torch.testing.assert_close(G(x_t, z, t), a * x_t - s * raw, atol=1e-4, rtol=1e-4)
+
+
+def test_pretrain_regresses_G_alone_then_plays_the_game(tmp_path, monkeypatch):
+    """--pretrain p: while the budget spent is below p, a step is one G update on mean (x̂₀ − x₀)² (D idle,
+    bit-equal to the hand-made update); after it, the game. Resume across the switch is exact."""
+    from trilemma.ddgan.diffusion import q_sample_pairs, randn, sample_t
+    from trilemma.ddgan.losses import regression_terms
+
+    cfg = DDGANConfig(T=4, z_dim=8, pretrain=0.5, prediction="v")
+    net = preset("tiny", 8, 1)
+    schedule = ddgan_schedule(cfg)
+    x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
+
+    def fresh():
+        torch.manual_seed(0)
+        G, D = DDGANGenerator(net, cfg.z_dim), DDGANDiscriminator(net)
+        G.predict_v(schedule.alpha_bar)
+        return G, D, torch.optim.Adam(G.parameters(), lr=1e-3), torch.optim.Adam(D.parameters(), lr=1e-3)
+
+    G, D, opt_g, opt_d = fresh()
+    d0 = [p.detach().clone() for p in D.parameters()]
+    terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1), progress=0.4)
+    assert all(torch.equal(a, b) for a, b in zip(d0, D.parameters())) and not opt_d.state
+    assert float(terms["loss_d"]) == 0.0 and float(terms["d_real"]) == 0.0
+    G2, _, opt_g2, _ = fresh()
+    noise = torch.Generator().manual_seed(1)
+    ref = regression_terms(G2, schedule, x_0, cfg.z_dim, noise)
+    opt_g2.zero_grad()
+    ref["loss"].mean().backward()
+    opt_g2.step()
+    assert all(torch.equal(a, b) for a, b in zip(G.parameters(), G2.parameters()))
+    assert torch.equal(terms["loss_g"], ref["loss"].mean().detach()) and ref["t"].shape == (6,)
+    # the loss is the mean squared error of x̂₀ (recomputed with the same draws)
+    noise = torch.Generator().manual_seed(1)
+    G3, _, _, _ = fresh()
+    again = regression_terms(G3, schedule, x_0, cfg.z_dim, noise)
+    noise = torch.Generator().manual_seed(1)
+    t = sample_t(6, 4, "cpu", noise)
+    _, x_t = q_sample_pairs(schedule, x_0, t, noise)
+    x0_hat = G3(x_t, randn((6, 8), x_0, noise), t)
+    torch.testing.assert_close(again["loss"], (x0_hat - x_0).square().flatten(1).mean(1))
+    # past the switch, the game: D moves
+    ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(2), progress=0.5)
+    assert any(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+
+    kw = {"pretrain": 0.5, "prediction": "v"}               # 6 steps: 3 of regression, then 3 of the game
+    tiny(tmp_path / "straight", 6, **kw)
+    import os
+    import signal
+
+    import trilemma.ddgan.train as module
+
+    calls, real = {"n": 0}, module.ddgan_iteration
+
+    def ctrl_c_in_step_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "ddgan_iteration", ctrl_c_in_step_2)
+    assert tiny(tmp_path / "split", 6, **kw).step == 2      # stopped inside the pretraining …
+    monkeypatch.setattr(module, "ddgan_iteration", real)
+    train_ddgan(tmp_path / "split", steps=6, resume=True, progress=False)   # … and resumed across the switch
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    d_loss = [row["loss_d"] for row in rows(tmp_path / "straight")]
+    assert d_loss[:3] == [0.0] * 3 and all(v > 0 for v in d_loss[3:])
+    config = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert config["ddgan"]["pretrain"] == 0.5 and config["ddgan"]["prediction"] == "v"
+    r = load_run(tmp_path / "split", device="cpu")
+    assert r.G.v_coefficients is not None and r.generate(2, seed=0, progress=False).shape == (2, 1, 8, 8)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_train_sample_eval_and_compare(cache, tmp_path, capsys):
     run = tmp_path / "dd"

@@ -65,6 +65,11 @@ class DDGANConfig:
     rec_fade: str = opt("sigmoid", "how λ changes over the budget: sigmoid (λ·(1 − σ(12p − 6)), from λ to ~0 at "
                                    "the end) or constant", choices=("sigmoid", "constant"))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
+    prediction: str = opt("x0", "what G's network outputs: x0 (x̂₀ itself, the paper's) or v (x̂₀ = √ᾱ_t x_t − "
+                                "√(1 − ᾱ_t) v̂, the v-parameterisation; no tanh)", choices=("x0", "v"))
+    pretrain: float = opt(0.0, "share of the budget (steps or minutes) spent first on G alone, regressing x̂₀ on "
+                               "x₀ (mean squared error; D idle), before the game starts (0: the paper's, none)",
+                          check=in_range(0.0, 1.0, hi_open=True))
     # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
     # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).
     lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator (the generator's is --lr)",

@@ -108,3 +108,18 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
     return {"loss": g_loss(fake_logits) + rec_weight * rec, "rec": rec.detach(),
             "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
+
+
+def regression_terms(G: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """G as a denoiser (``--pretrain``): per-sample mean (x̂₀ − x₀)² at t ~ U{1..T}, x_t ~ q(x_t | x₀); each (B,).
+
+    ``loss`` = mean squared error over the pixels (its minimiser over G is E[x₀ | x_t]); ``rec``
+    = mean |x̂₀ − x₀| as in :func:`generator_terms`, detached; ``t`` the steps drawn.
+    """
+    B = x_0.shape[0]
+    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) in 1..T
+    _, x_t = q_sample_pairs(schedule, x_0, t, generator)                              # (B, C, H, W)
+    x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
+    err = (x0_hat.float() - x_0.float()).flatten(1)                                  # (B, C·H·W)
+    return {"loss": err.square().mean(dim=1), "rec": err.abs().mean(dim=1).detach(), "t": t}

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trilemma.ddgan.config import MAX_T, DDGANNetConfig
+from trilemma.ddgan.config import MAX_T, DDGANConfig, DDGANNetConfig
 from trilemma.gan.config import dcgan_geometry
 from trilemma.nets import kernels
 from trilemma.nets.layers import (
@@ -114,7 +115,38 @@ class AdaGNResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class DDGANGenerator(nn.Module):
+class GeneratorOutput(nn.Module):
+    """What a generator's last layer h means: x̂₀ itself (the paper's; through tanh when ``config.tanh``) or v.
+
+    With :meth:`predict_v` (``--prediction v``) the network's output is read as v̂ and turned into
+    x̂₀ = √ᾱ_t x_t − √(1 − ᾱ_t) v̂ (Salimans & Ho 2022; docs/methods.md §11.6). For data of unit variance
+    this is the preconditioning of Karras et al. (2022): at small t, where x_t is nearly x₀, an
+    untrained network (v̂ ≈ 0) already answers x̂₀ ≈ √ᾱ_t x_t, and the network's output has unit
+    variance at every t. The table of (√ᾱ_t, √(1 − ᾱ_t)) is a buffer that is not saved: the run's
+    config.json rebuilds it.
+    """
+
+    config: DDGANNetConfig
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("v_coefficients", None, persistent=False)
+
+    def predict_v(self, alpha_bar: np.ndarray) -> None:
+        """Read the output as v̂ from now on, with ᾱ_t = ``alpha_bar[t]`` (t = 0..T)."""
+        table = np.stack([np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)], axis=1)        # (T+1, 2)
+        self.v_coefficients = torch.tensor(table, dtype=torch.float32,
+                                           device=next(self.parameters()).device)
+
+    def x0_from_output(self, h: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂₀ (B, C, H, W) from the last layer's h (B, C, H, W), the input x_t and the steps t (B,)."""
+        if self.v_coefficients is None:
+            return torch.tanh(h) if self.config.tanh else h
+        c = self.v_coefficients[t].to(h.dtype)[:, :, None, None, None]                 # (B, 2, 1, 1, 1)
+        return c[:, 0] * x_t - c[:, 1] * h
+
+
+class DDGANGenerator(GeneratorOutput):
     """x̂₀ = G(x_t, z, t): a U-Net with adaptive GroupNorm; see the module docstring.
 
     x_t (B, C, H, W), z (B, z_dim), t (B,) in 1..T → x̂₀ (B, C, H, W).
@@ -191,7 +223,7 @@ class DDGANGenerator(nn.Module):
             if level < len(self.upsample):
                 h = self.upsample[level](h, size=skips[-1].shape[-2:])               # back to the skip's size
         h = self.conv_out(norm_silu(self.norm_out, h)).contiguous()                  # (B, C, H, W), NCHW
-        return torch.tanh(h) if self.config.tanh else h
+        return self.x0_from_output(h, x_t, t)
 
 
 def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -270,7 +302,7 @@ class DDGANDiscriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------ the DCGAN-sized pair
-class DCGANGenerator(nn.Module):
+class DCGANGenerator(GeneratorOutput):
     """x̂₀ = G(x_t, z, t) at DCGAN size (``arch = "dcgan"``): a DCGAN generator that also reads x_t.
 
     For s₀·2ⁿ pixels (28 = 7·2², 32 = 4·2³) and widths e_i = ngf·2^i (ngf = ``base_channels``):
@@ -334,7 +366,7 @@ class DCGANGenerator(nn.Module):
             h = F.relu(norm(deconv(h), cond))                                           # 2× the size
             h = torch.cat([h, skips.pop()], dim=1)                                      # + the encoder's map
         h = self.deconv_out(h) + self.x_skip(x_t)                                       # (B, C, H, W)
-        return torch.tanh(h) if self.config.tanh else h
+        return self.x0_from_output(h, x_t, t)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -376,9 +408,18 @@ class DCGANDiscriminator(nn.Module):
         return self.linear(phi).squeeze(1) + (self.t_proj(t).to(phi.dtype) * phi).sum(dim=1)   # (B,)
 
 
-def make_generator(config: DDGANNetConfig, z_dim: int) -> nn.Module:
-    """The generator of ``config.arch``: the U-Net (:class:`DDGANGenerator`) or the DCGAN-sized one."""
-    return DCGANGenerator(config, z_dim) if config.arch == "dcgan" else DDGANGenerator(config, z_dim)
+def make_generator(config: DDGANNetConfig, z_dim: int, method: DDGANConfig | None = None) -> GeneratorOutput:
+    """The generator of ``config.arch``: the U-Net (:class:`DDGANGenerator`) or the DCGAN-sized one.
+
+    With ``method.prediction == "v"`` its output is read as v̂ on ``method``'s schedule
+    (:meth:`GeneratorOutput.predict_v`); without ``method``, or with "x0", as x̂₀.
+    """
+    G = DCGANGenerator(config, z_dim) if config.arch == "dcgan" else DDGANGenerator(config, z_dim)
+    if method is not None and method.prediction == "v":
+        from trilemma.ddgan.diffusion import ddgan_schedule
+
+        G.predict_v(ddgan_schedule(method).alpha_bar)
+    return G
 
 
 def make_discriminator(config: DDGANNetConfig) -> nn.Module:

@@ -39,7 +39,7 @@ class DDGANRun(GeneratorRun):
         self.net_config = from_dict(DDGANNetConfig, config["model"], where)
         self.ddgan = from_dict(DDGANConfig, config["ddgan"], where)
         self.schedule = ddgan_schedule(self.ddgan)
-        self.G = make_generator(self.net_config, self.ddgan.z_dim).to(device).eval().requires_grad_(False)
+        self.G = make_generator(self.net_config, self.ddgan.z_dim, self.ddgan).to(device).eval().requires_grad_(False)
         if weights == "auto":
             weights = "ema" if (self.path / "ema.safetensors").is_file() else "model"
         if not (self.path / f"{weights}.safetensors").is_file():

@@ -39,7 +39,7 @@ from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.ddgan.config import DDGANConfig, DDGANNetConfig, latent_preset
 from trilemma.ddgan.config import preset as ddgan_preset
 from trilemma.ddgan.diffusion import ddgan_sample, ddgan_schedule
-from trilemma.ddgan.losses import discriminator_terms, generator_terms
+from trilemma.ddgan.losses import discriminator_terms, generator_terms, regression_terms
 from trilemma.ddgan.networks import make_discriminator, make_generator
 from trilemma.errors import TrilemmaError
 from trilemma.ldm.train import LatentSource, autoencoder_info, keep_autoencoder_copy, ldm_data_config
@@ -105,6 +105,8 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     ``ddgan.rec_weight_at(progress)`` (0 by default; docs/methods.md §11).
     """
     device = x_0.device
+    if progress < ddgan.pretrain:                                        # G alone: regress x̂₀ on x₀
+        return pretrain_iteration(G, opt_g, schedule, x_0, ddgan, noise, grad_clip, bf16)
     for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
@@ -132,6 +134,29 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
             "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
 
 
+def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedule, x_0: torch.Tensor,
+                       ddgan: DDGANConfig, noise: torch.Generator | None = None, grad_clip: float = 0.0,
+                       bf16: bool = False) -> dict[str, torch.Tensor]:
+    """One G update on mean‖x̂₀ − x₀‖² (``--pretrain``): G as a T-step denoiser, before the game starts.
+
+    t ~ U{1..T}, x_t ~ q(x_t | x₀) as in the game's G step (:func:`regression_terms`). The minimiser
+    is the posterior mean E[x₀ | x_t] at every t, a blurred x̂₀ that the game then sharpens. D is
+    neither used nor updated, and its statistics (``loss_d``, ``d_real`` …) are reported as 0.
+    """
+    device = x_0.device
+    with autocast(device, bf16):
+        terms = regression_terms(G, schedule, x_0, ddgan.z_dim, noise)
+    loss = terms["loss"].float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm_g = grad_norm_and_clip(G.parameters(), grad_clip)
+    opt_g.step()
+    zero = torch.zeros((), device=device)
+    return {"loss": loss.detach(), "loss_g": loss.detach(), "loss_d": zero, "r1": zero, "d_real": zero,
+            "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "grad_norm_d": zero,
+            "grad_norm_g": grad_norm_g}
+
+
 def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | None, progress: bool) -> Built:
     """The DDGAN game in the shared loop: one *step* = one D update and one G update."""
     s = read_stored(out, config, dataset, model=DDGANNetConfig, ddgan=DDGANConfig)
@@ -140,7 +165,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         raise TrilemmaError(f"--batch-size {train_.batch_size}: larger than the {len(dataset)} training images")
     schedule = ddgan_schedule(ddgan)
     torch.manual_seed(train_.seed)                                       # initial weights depend on the seed only
-    G, D = make_generator(net, ddgan.z_dim), make_discriminator(net)
+    G, D = make_generator(net, ddgan.z_dim, ddgan), make_discriminator(net)
     betas = (ddgan.beta1, ddgan.beta2)
     opt_g = adamw(G.parameters(), train_, betas=betas)                  # Adam (weight decay 0 by default); fused on CUDA
     opt_d = adamw([{"params": list(D.parameters()), "lr_scale": ddgan.lr_d / train_.lr}], train_,
@@ -179,6 +204,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         sampling_net.train(was_training)
 
     rec = f"; L1 reconstruction λ = {ddgan.rec_weight:g}, {ddgan.rec_fade}" if ddgan.rec_weight > 0 else ""
+    rec += "; G predicts v" if ddgan.prediction == "v" else ""
+    rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
                       eager=("disc",) if ddgan.r1_gamma > 0 else (),    # R1 differentiates D's gradient
