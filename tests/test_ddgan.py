@@ -258,6 +258,37 @@ def test_generator_terms_reconstruction_term_is_lambda_times_the_l1_of_x0_hat_ag
     assert grad_c.item() == pytest.approx(0.5 * torch.sign(0.2 - X0_PIXELS).mean().item(), abs=1e-12)   # ∂|c − x₀|/∂c
 
 
+def test_relativistic_pairing_costs_compare_the_real_and_fake_pair_of_the_same_x_t():
+    """--loss rp: D's cost softplus(l_f − l_r) + R1 and G's softplus(l_r − l_f), on pairs sharing x_t and t;
+    G's gradient equals the formula's."""
+    T, n, gamma = 4, 64, 0.3
+    s = ddgan_schedule(DDGANConfig(T=T))
+    G, D = ConstantG(0.2), LinearD()
+    terms = discriminator_terms(G, D, s, repeated_x0(n), 3, gamma, torch.Generator().manual_seed(2), loss="rp")
+    (xp_real, xt_real, t_real), (xp_fake, xt_fake, t_fake) = D.calls
+    assert torch.equal(xt_real, xt_fake) and torch.equal(t_real, t_fake)
+    logit = lambda xp, xt: D.w * xp.flatten(1).sum(1) + D.u * xt.flatten(1).sum(1) + D.b
+    l_real, l_fake = logit(xp_real, xt_real), logit(xp_fake, xt_fake)
+    r1 = gamma / 2 * D.w.item() ** 2 * 4
+    torch.testing.assert_close(terms["loss"], -torch.log(torch.sigmoid(l_real - l_fake)) + r1)
+    torch.testing.assert_close(terms["d_loss"], F.softplus(l_fake - l_real))
+
+    G, D = ConstantG(0.2), LinearD()
+    g_terms = generator_terms(G, D, s, repeated_x0(n), 3, torch.Generator().manual_seed(3), loss="rp")
+    (xp_fake, xt, t), (xp_real, xt_real, t_real) = D.calls                      # the fake pair, then the real one
+    assert torch.equal(xt, xt_real) and torch.equal(t, t_real)
+    l_real, l_fake = logit(xp_real, xt), logit(xp_fake, xt)
+    torch.testing.assert_close(g_terms["loss"].detach(), F.softplus(l_real - l_fake).detach())
+    (grad_c,) = torch.autograd.grad(g_terms["loss"].mean(), G.c)
+    c0 = torch.as_tensor(posterior_coefficients(s)[0])[t]
+    expected = (-torch.sigmoid(l_real - l_fake).detach() * D.w.detach() * 4 * c0).mean()
+    assert grad_c.item() == pytest.approx(expected.item(), rel=1e-9)
+    # the same draws as the paper's cost: only the adversarial term differs
+    G, D = ConstantG(0.2), LinearD()
+    ns = generator_terms(G, D, s, repeated_x0(n), 3, torch.Generator().manual_seed(3))
+    assert torch.equal(ns["t"], g_terms["t"]) and torch.equal(D.calls[0][0], xp_fake)
+
+
 def test_reconstruction_weight_fades_as_a_sigmoid_of_the_budget_spent_or_stays_constant():
     c = DDGANConfig(rec_weight=2.0)
     assert c.rec_weight_at(0.5) == pytest.approx(1.0)

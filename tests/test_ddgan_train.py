@@ -187,6 +187,16 @@ def test_resume_is_exact_and_lazy_r1_stays_in_phase(tmp_path):
     assert {"loss_d", "loss_g", "r1", "d_real", "d_fake"} <= set(rows(tmp_path / "split")[-1])
 
 
+def test_relativistic_pairing_run_resumes_exactly_and_is_recorded(tmp_path):
+    tiny(tmp_path / "straight", 4, loss="rp", d_steps=2)
+    tiny(tmp_path / "split", 2, loss="rp", d_steps=2)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["loss"] == "rp"
+    tiny(tmp_path / "ns", 4, d_steps=2)                        # the paper's costs give another run
+    assert rows(tmp_path / "ns") != rows(tmp_path / "straight")
+
+
 def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):
     """D's update count lives in its parameter group (no read of Adam's step tensor, which a GPU would wait
     for); a run saved before that key (here: the key removed) takes it from Adam's counter once, in phase."""

@@ -65,6 +65,9 @@ class DDGANConfig:
     rec_fade: str = opt("sigmoid", "how λ changes over the budget: sigmoid (λ·(1 − σ(12p − 6)), from λ to ~0 at "
                                    "the end) or constant", choices=("sigmoid", "constant"))
     z_dim: int = opt(100, "dimension of the generator's latent z ~ N(0, I)", check=int_in(1, 65536))
+    loss: str = opt("ns", "the game's costs: ns (the paper's non-saturating) or rp (relativistic pairing: D minimises "
+                          "softplus(l_fake − l_real), G softplus(l_real − l_fake), the real and fake pair sharing x_t)",
+                    choices=("ns", "rp"))
     prediction: str = opt("x0", "what G's network outputs: x0 (x̂₀ itself, the paper's) or v (x̂₀ = √ᾱ_t x_t − "
                                 "√(1 − ᾱ_t) v̂, the v-parameterisation; no tanh)", choices=("x0", "v"))
     pretrain: float = opt(0.0, "share of the budget (steps or minutes) spent first on G alone, regressing x̂₀ on "

@@ -9,6 +9,11 @@ For t ~ Uniform{1..T}, x_0 ~ data:
     G minimises   −log D(x′_{t−1}, x_t, t)                                   (non-saturating)
                   [+ λ·mean|x̂₀ − x₀|, an optional L1 reconstruction term; the paper has λ = 0]
 
+or, with ``loss = "rp"`` (relativistic pairing; not the paper's), on the real and fake pair that share x_t:
+
+    D minimises   softplus(l(x′_{t−1}, x_t, t) − l(x_{t−1}, x_t, t)) + R1
+    G minimises   softplus(l(x_{t−1}, x_t, t) − l(x′_{t−1}, x_t, t))
+
 with D = σ(logit) and every log-probability written with softplus
 (:mod:`trilemma.gan.losses`). The R1 gradient is of the logit (as in Mescheder
 et al. 2018 and the paper's code), taken with respect to the real x_{t−1} only.
@@ -25,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trilemma.ddgan.diffusion import posterior_sample, q_sample_pairs, randn, sample_t
@@ -42,6 +48,16 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor
 def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """The non-saturating cost −log D(fake pair) = softplus(−l_f): (B,) → (B,)."""
     return nonsaturating_generator_cost(fake_logits)
+
+
+def rp_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Relativistic pairing, D's cost −log σ(l_r − l_f) = softplus(l_f − l_r) (Jolicoeur-Martineau 2019): (B,), (B,) → (B,)."""
+    return F.softplus(fake_logits - real_logits)
+
+
+def rp_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Relativistic pairing, G's cost −log σ(l_f − l_r) = softplus(l_r − l_f): (B,), (B,) → (B,)."""
+    return F.softplus(real_logits - fake_logits)
 
 
 def r1_from_logits(real_logits: torch.Tensor, x_prev: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -68,7 +84,8 @@ def r1_penalty(disc: Disc, x_prev_real: torch.Tensor, x_t: torch.Tensor, t: torc
 
 
 def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
-                        r1_gamma: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                        r1_gamma: float, generator: torch.Generator | None = None,
+                        loss: str = "ns") -> dict[str, torch.Tensor]:
     """One D step's per-sample terms on data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters); ``d_real``
@@ -86,13 +103,14 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
         x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                        # (B, C, H, W)
         x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)          # (B, C, H, W), same x_t
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
-    loss_d = d_loss(real_logits, fake_logits)                                        # (B,)
+    loss_d = (rp_d_loss if loss == "rp" else d_loss)(real_logits, fake_logits)       # (B,)
     return {"loss": loss_d + r1, "d_loss": loss_d, "r1": r1,
             "d_real": torch.sigmoid(real_logits).detach(), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
 
 
 def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
-                    generator: torch.Generator | None = None, rec_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                    generator: torch.Generator | None = None, rec_weight: float = 0.0,
+                    loss: str = "ns") -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
@@ -101,12 +119,18 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
-    _, x_t = q_sample_pairs(schedule, x_0, t, generator)                              # (B, C, H, W)
+    x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
     x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
+    if loss == "rp":                                                                 # against the real pair of the same x_t
+        with torch.no_grad():                                                        # no path to G's parameters
+            real_logits = D(x_prev, x_t, t)                                          # (B,)
+        adversarial = rp_g_loss(real_logits, fake_logits)                            # (B,)
+    else:
+        adversarial = g_loss(fake_logits)                                            # (B,)
     rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
-    return {"loss": g_loss(fake_logits) + rec_weight * rec, "rec": rec.detach(),
+    return {"loss": adversarial + rec_weight * rec, "rec": rec.detach(),
             "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
 
 

@@ -110,7 +110,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
-            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise)
+            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise, ddgan.loss)
         loss_d = d_terms["loss"].float().mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -120,7 +120,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
-        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress))
+        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss)
     loss_g = g_terms["loss"].float().mean()
     opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
@@ -205,6 +205,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
 
     rec = f"; L1 reconstruction λ = {ddgan.rec_weight:g}, {ddgan.rec_fade}" if ddgan.rec_weight > 0 else ""
     rec += "; G predicts v" if ddgan.prediction == "v" else ""
+    rec += "; relativistic pairing costs" if ddgan.loss == "rp" else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
