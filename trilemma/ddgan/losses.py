@@ -88,7 +88,8 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
                         loss: str = "ns") -> dict[str, torch.Tensor]:
     """One D step's per-sample terms on data x_0 (B, C, H, W); each value is (B,).
 
-    ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters); ``d_real``
+    ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters; ``d_loss`` is
+    −log D(real) − log(1 − D(fake)), or softplus(l_fake − l_real) with ``loss="rp"``); ``d_real``
     and ``d_fake`` are D's probabilities σ(l) of the real and fake pairs (detached);
     ``t`` the steps drawn. ``r1_gamma = 0`` skips the penalty (lazy regularisation:
     pass :meth:`DDGANConfig.r1_gamma_at` of the step). G runs without gradients.
@@ -113,7 +114,8 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
                     loss: str = "ns") -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
-    ``loss`` = −log D(x′_{t−1}, x_t, t) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
+    ``loss`` = −log D(x′_{t−1}, x_t, t) (``loss="rp"``: softplus(l_real − l_fake) against the real
+    pair of the same x_t, whose logit is taken without gradients) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
     G's parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
     made x_t, detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
     """

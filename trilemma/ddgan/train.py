@@ -99,10 +99,12 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
                     bf16: bool = False, progress: float = 0.0) -> dict[str, torch.Tensor]:
     """``ddgan.d_steps`` D updates then one G update with D frozen (paper §3.3: one each); returns 0-d stats.
 
-    The D update minimises mean(−log D(real) − log(1 − D(fake)) + R1), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
+    The D update minimises mean(−log D(real) − log(1 − D(fake)) + R1) (with ``ddgan.loss == "rp"`` the
+    relativistic pairing costs instead, :mod:`trilemma.ddgan.losses`), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
     pairs with γ = ``ddgan.r1_gamma_at(d_updates_done(opt_d))``; the G update minimises the mean of the
     non-saturating −log D(fake) on fresh pairs, plus λ·mean|x̂₀ − x₀| with λ =
-    ``ddgan.rec_weight_at(progress)`` (0 by default; docs/methods.md §11).
+    ``ddgan.rec_weight_at(progress)`` (0 by default; docs/methods.md §11). While ``progress`` is below
+    ``ddgan.pretrain`` the iteration is :func:`pretrain_iteration` instead (G alone).
     """
     device = x_0.device
     if progress < ddgan.pretrain:                                        # G alone: regress x̂₀ on x₀
