@@ -45,6 +45,17 @@ def optimizer_groups(run):
     return {name: m["param_groups"][0] for name, m in meta.items()}
 
 
+def fresh_game(cfg):
+    """The tiny G (read as ``cfg.prediction`` says) and D at 8×8, seeded, with Adam at lr 1e-3 and cfg's betas."""
+    from trilemma.ddgan import make_generator
+
+    net = preset("tiny", 8, 1)
+    torch.manual_seed(0)
+    G, D = make_generator(net, cfg.z_dim, cfg), DDGANDiscriminator(net)
+    return (G, D, torch.optim.Adam(G.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)),
+            torch.optim.Adam(D.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)))
+
+
 # ------------------------------------------------------------------------------------------ one iteration
 def test_one_iteration_updates_D_then_G_with_D_frozen():
     torch.manual_seed(0)
@@ -83,16 +94,8 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
     """--d-steps 2: bit-equal to two hand-made D updates (R1 by the lazy schedule) and then one G update
     (whose reconstruction weight is --rec-weight faded to the budget spent, ``progress``)."""
     cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2, rec_weight=0.4)
-    net = preset("tiny", 8, 1)
-    schedule = ddgan_schedule(cfg)
-    x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
-
-    def fresh():
-        torch.manual_seed(0)
-        G, D = DDGANGenerator(net, cfg.z_dim), DDGANDiscriminator(net)
-        return (G, D, torch.optim.Adam(G.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)),
-                torch.optim.Adam(D.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2)))
-
+    schedule, x_0 = ddgan_schedule(cfg), torch.rand(6, 1, 8, 8) * 2 - 1
+    fresh = lambda: fresh_game(cfg)
     G, D, opt_g, opt_d = fresh()
     terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1), progress=0.3)
 
@@ -272,17 +275,10 @@ def test_pretrain_regresses_G_alone_then_plays_the_game(tmp_path, monkeypatch):
     from trilemma.ddgan.losses import regression_terms
 
     cfg = DDGANConfig(T=4, z_dim=8, pretrain=0.5, prediction="v")
-    net = preset("tiny", 8, 1)
-    schedule = ddgan_schedule(cfg)
-    x_0 = torch.rand(6, 1, 8, 8) * 2 - 1
-
-    def fresh():
-        torch.manual_seed(0)
-        G, D = DDGANGenerator(net, cfg.z_dim), DDGANDiscriminator(net)
-        G.predict_v(schedule.alpha_bar)
-        return G, D, torch.optim.Adam(G.parameters(), lr=1e-3), torch.optim.Adam(D.parameters(), lr=1e-3)
-
+    schedule, x_0 = ddgan_schedule(cfg), torch.rand(6, 1, 8, 8) * 2 - 1
+    fresh = lambda: fresh_game(cfg)
     G, D, opt_g, opt_d = fresh()
+    assert G.v_coefficients is not None
     d0 = [p.detach().clone() for p in D.parameters()]
     terms = ddgan_iteration(G, D, opt_g, opt_d, schedule, x_0, cfg, torch.Generator().manual_seed(1), progress=0.4)
     assert all(torch.equal(a, b) for a, b in zip(d0, D.parameters())) and not opt_d.state
