@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trilemma.ddgan.config import MAX_T, DDGANConfig, DDGANNetConfig
+from trilemma.ddgan.diffusion import ddgan_schedule
 from trilemma.gan.config import dcgan_geometry
 from trilemma.nets import kernels
 from trilemma.nets.layers import (
@@ -416,8 +417,6 @@ def make_generator(config: DDGANNetConfig, z_dim: int, method: DDGANConfig | Non
     """
     G = DCGANGenerator(config, z_dim) if config.arch == "dcgan" else DDGANGenerator(config, z_dim)
     if method is not None and method.prediction == "v":
-        from trilemma.ddgan.diffusion import ddgan_schedule
-
         G.predict_v(ddgan_schedule(method).alpha_bar)
     return G
 

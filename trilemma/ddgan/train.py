@@ -93,6 +93,15 @@ def d_updates_done(opt_d: torch.optim.Optimizer) -> int:
     return group["d_updates"]
 
 
+def update(opt: torch.optim.Optimizer, net: torch.nn.Module, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """One optimiser step of ``net`` on ``loss`` (gradients clipped to ``grad_clip`` if > 0); returns the gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = grad_norm_and_clip(net.parameters(), grad_clip)
+    opt.step()
+    return grad_norm
+
+
 def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.Optimizer,
                     opt_d: torch.optim.Optimizer, schedule, x_0: torch.Tensor, ddgan: DDGANConfig,
                     noise: torch.Generator | None = None, grad_clip: float = 0.0,
@@ -113,21 +122,14 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
             d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise, ddgan.loss)
-        loss_d = d_terms["loss"].float().mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm_d = grad_norm_and_clip(D.parameters(), grad_clip)
-        opt_d.step()
+        grad_norm_d = update(opt_d, D, d_terms["loss"].float().mean(), grad_clip)
         opt_d.param_groups[0]["d_updates"] += 1
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
         g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss)
     loss_g = g_terms["loss"].float().mean()
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    grad_norm_g = grad_norm_and_clip(G.parameters(), grad_clip)
-    opt_g.step()
+    grad_norm_g = update(opt_g, G, loss_g, grad_clip)
     D.requires_grad_(True)
     return {"loss": loss_g.detach(), "loss_g": loss_g.detach(), "loss_d": d_terms["d_loss"].detach().float().mean(),
             "r1": d_terms["r1"].detach().float().mean(), "d_real": d_terms["d_real"].float().mean(),
@@ -149,10 +151,7 @@ def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedul
     with autocast(device, bf16):
         terms = regression_terms(G, schedule, x_0, ddgan.z_dim, noise)
     loss = terms["loss"].float().mean()
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm_g = grad_norm_and_clip(G.parameters(), grad_clip)
-    opt_g.step()
+    grad_norm_g = update(opt_g, G, loss, grad_clip)
     zero = torch.zeros((), device=device)
     return {"loss": loss.detach(), "loss_g": loss.detach(), "loss_d": zero, "r1": zero, "d_real": zero,
             "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "grad_norm_d": zero,
