@@ -258,6 +258,41 @@ def test_generator_terms_reconstruction_term_is_lambda_times_the_l1_of_x0_hat_ag
     assert grad_c.item() == pytest.approx(0.5 * torch.sign(0.2 - X0_PIXELS).mean().item(), abs=1e-12)   # ∂|c − x₀|/∂c
 
 
+class ZSlopeG(ConstantG):
+    """x̂₀ = c + a·z₁ (the first coordinate of z) at every pixel: x̂₀ moves with z by |a|·|Δz₁|."""
+
+    def __init__(self, c: float, a: float):
+        super().__init__(c)
+        self.a = nn.Parameter(torch.tensor(a, dtype=torch.float64))
+
+    def forward(self, x_t, z, t):
+        self.calls.append((x_t, z, t))
+        return self.c + self.a * z[:, :1, None, None].to(x_t.dtype) * torch.ones_like(x_t)
+
+
+@pytest.mark.parametrize("cap", [10.0, 0.3])
+def test_diversity_term_is_the_capped_ratio_of_a_second_z_at_the_same_x_t(cap):
+    """−μ·min(ℓ, τ) with ℓ = mean|x̂₀(z₁) − x̂₀(z₂)| / mean|z₁ − z₂| is subtracted per sample on the same
+    draws; the second z is drawn last, so everything else (t, pairs, z₁, the posterior noise) is unchanged."""
+    s, x_0, n, mu = ddgan_schedule(DDGANConfig(T=4)), repeated_x0(64), 64, 0.7
+    g, D = ZSlopeG(0.2, 0.5), LinearD()
+    plain = generator_terms(g, D, s, x_0, 3, generator=torch.Generator().manual_seed(5))
+    terms = generator_terms(g, D, s, x_0, 3, generator=torch.Generator().manual_seed(5), div_weight=mu, div_cap=cap)
+    assert torch.equal(plain["div"], torch.zeros(n)) and len(g.calls) == 3     # off: one G call, nothing else
+    (_, z_plain, _), (xt_1, z_1, t_1), (xt_2, z_2, t_2) = g.calls                # on: two calls at the same x_t, t
+    assert torch.equal(xt_1, xt_2) and torch.equal(t_1, t_2) and not torch.equal(z_1, z_2)
+    assert torch.equal(z_1, z_plain) and torch.equal(terms["t"], plain["t"])
+    ratio = 0.5 * (z_1[:, 0] - z_2[:, 0]).abs() / (z_1 - z_2).abs().mean(dim=1)
+    torch.testing.assert_close(terms["div"], ratio.double())
+    torch.testing.assert_close(terms["loss"], plain["loss"] - mu * ratio.double().clamp(max=cap))
+    assert (ratio > cap).any() == (cap < 1)                                      # the cap binds for some pairs
+    # ∂/∂a of −μ·mean min(ℓ, τ) (the adversarial parts are the same function of a and cancel):
+    # −μ·mean(ℓ/a) over the pairs below the cap, 0 above it
+    (grad_a,) = torch.autograd.grad((terms["loss"] - plain["loss"]).mean(), g.a)
+    expected = (-mu * ratio / 0.5 * (ratio < cap)).mean()
+    assert grad_a.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
 def test_relativistic_pairing_costs_compare_the_real_and_fake_pair_of_the_same_x_t():
     """--loss rp: D's cost softplus(l_f − l_r) + R1 and G's softplus(l_r − l_f), on pairs sharing x_t and t;
     G's gradient equals the formula's."""
@@ -487,6 +522,8 @@ def test_sampling_with_a_real_generator_is_reproducible():
     (dict(d_steps=0), "--d-steps"),
     (dict(rec_weight=-0.1), "--rec-weight"),
     (dict(rec_fade="linear"), "--rec-fade"),
+    (dict(div_weight=-1.0), "--div-weight"),
+    (dict(div_cap=0.0), "--div-cap"),
     (dict(z_dim=0), "--z-dim"),
     (dict(lr_d=-1.0), "--lr-d"),
     (dict(beta2=1.0), "--beta2"),

@@ -92,8 +92,9 @@ def test_one_iteration_updates_D_then_G_with_D_frozen():
 
 def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
     """--d-steps 2: bit-equal to two hand-made D updates (R1 by the lazy schedule) and then one G update
-    (whose reconstruction weight is --rec-weight faded to the budget spent, ``progress``)."""
-    cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2, rec_weight=0.4)
+    (whose reconstruction weight is --rec-weight faded to the budget spent, ``progress``, and whose
+    diversity term is --div-weight's)."""
+    cfg = DDGANConfig(T=4, z_dim=8, r1_gamma=0.5, lazy_reg=2, d_steps=2, rec_weight=0.4, div_weight=0.5, div_cap=0.3)
     schedule, x_0 = ddgan_schedule(cfg), torch.rand(6, 1, 8, 8) * 2 - 1
     fresh = lambda: fresh_game(cfg)
     G, D, opt_g, opt_d = fresh()
@@ -109,7 +110,8 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
         opt_d2.step()
         d_real.append(d_terms["d_real"].mean())
     D2.requires_grad_(False)
-    g_terms = generator_terms(G2, D2, schedule, x_0, cfg.z_dim, noise, rec_weight=cfg.rec_weight_at(0.3))
+    g_terms = generator_terms(G2, D2, schedule, x_0, cfg.z_dim, noise, rec_weight=cfg.rec_weight_at(0.3),
+                              div_weight=0.5, div_cap=0.3)
     opt_g2.zero_grad(set_to_none=True)
     g_terms["loss"].mean().backward()
     opt_g2.step()
@@ -119,6 +121,7 @@ def test_d_steps_makes_that_many_D_updates_on_fresh_pairs_then_one_G_update():
     assert opt_d.state[next(iter(D.parameters()))]["step"] == 2 and float(terms["r1"]) == 0.0   # last update's
     assert torch.equal(terms["d_real"], d_real[1]) and not torch.equal(d_real[0], d_real[1])
     assert torch.equal(terms["rec"], g_terms["rec"].mean()) and 0.3 < cfg.rec_weight_at(0.3) < 0.4
+    assert torch.equal(terms["div"], g_terms["div"].mean())    # 0 here: G's zero-initialised output ignores z
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -198,6 +201,19 @@ def test_relativistic_pairing_run_resumes_exactly_and_is_recorded(tmp_path):
     assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["loss"] == "rp"
     tiny(tmp_path / "ns", 4, d_steps=2)                        # the paper's costs give another run
     assert rows(tmp_path / "ns") != rows(tmp_path / "straight")
+
+
+def test_diversity_term_run_resumes_exactly_logs_its_ratio_and_is_recorded(tmp_path):
+    kw = {"div_weight": 1.0, "div_cap": 0.2}
+    tiny(tmp_path / "straight", 4, **kw)
+    tiny(tmp_path / "split", 2, **kw)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    ddgan = json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]
+    assert (ddgan["div_weight"], ddgan["div_cap"]) == (1.0, 0.2)
+    assert all(row["div"] > 0 for row in rows(tmp_path / "straight")[1:])   # once G's output has left 0
+    tiny(tmp_path / "plain", 4)                                # off (the paper's): ratio not computed, logged as 0
+    assert all(row["div"] == 0 for row in rows(tmp_path / "plain"))
 
 
 def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):

@@ -111,20 +111,30 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
 
 def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
                     generator: torch.Generator | None = None, rec_weight: float = 0.0,
-                    loss: str = "ns") -> dict[str, torch.Tensor]:
+                    loss: str = "ns", div_weight: float = 0.0, div_cap: float = 0.5) -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) (``loss="rp"``: softplus(l_real − l_fake) against the real
-    pair of the same x_t, whose logit is taken without gradients) + λ·``rec`` with λ = ``rec_weight`` (minimise its mean over
-    G's parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
-    made x_t, detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
+    pair of the same x_t, whose logit is taken without gradients) + λ·``rec`` with λ = ``rec_weight``
+    − μ·min(``div``, τ) with μ = ``div_weight``, τ = ``div_cap`` (minimise its mean over G's
+    parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
+    made x_t, detached); ``div`` = mean|x̂₀(z₁) − x̂₀(z₂)| / mean|z₁ − z₂|, how far a second z
+    moves x̂₀ at the same x_t and t (DSGAN's diversity ratio; drawn and computed only when
+    ``div_weight > 0``, else 0; detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
     x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
-    x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
+    z = randn((B, z_dim), x_0, generator)                                            # (B, z_dim)
+    x0_hat = G(x_t, z, t)                                                            # (B, C, H, W)
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
+    if div_weight > 0:                                                               # a second z at the same x_t, t
+        z_2 = randn((B, z_dim), x_0, generator)                                      # (B, z_dim)
+        moved = (x0_hat - G(x_t, z_2, t)).abs().flatten(1).mean(dim=1)              # (B,)
+        div = moved / (z - z_2).abs().mean(dim=1)                                    # (B,)
+    else:
+        div = torch.zeros(B, device=x_0.device)
     if loss == "rp":                                                                 # against the real pair of the same x_t
         with torch.no_grad():                                                        # no path to G's parameters
             real_logits = D(x_prev, x_t, t)                                          # (B,)
@@ -132,7 +142,8 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     else:
         adversarial = g_loss(fake_logits)                                            # (B,)
     rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
-    return {"loss": adversarial + rec_weight * rec, "rec": rec.detach(),
+    return {"loss": adversarial + rec_weight * rec - div_weight * div.clamp(max=div_cap), "rec": rec.detach(),
+            "div": div.detach(),
             "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
 
 

@@ -112,7 +112,8 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     relativistic pairing costs instead, :mod:`trilemma.ddgan.losses`), R1 = γ/2‖∇_{x_{t−1}} D‖² on real
     pairs with γ = ``ddgan.r1_gamma_at(d_updates_done(opt_d))``; the G update minimises the mean of the
     non-saturating −log D(fake) on fresh pairs, plus λ·mean|x̂₀ − x₀| with λ =
-    ``ddgan.rec_weight_at(progress)`` (0 by default; docs/methods.md §11). While ``progress`` is below
+    ``ddgan.rec_weight_at(progress)``, minus μ·min(ℓ, τ) for the diversity ratio ℓ of a second z with
+    μ = ``ddgan.div_weight`` (both 0 by default; docs/methods.md §11). While ``progress`` is below
     ``ddgan.pretrain`` the iteration is :func:`pretrain_iteration` instead (G alone).
     """
     device = x_0.device
@@ -127,14 +128,15 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
-        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss)
+        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss,
+                                  ddgan.div_weight, ddgan.div_cap)
     loss_g = g_terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss_g, grad_clip)
     D.requires_grad_(True)
     return {"loss": loss_g.detach(), "loss_g": loss_g.detach(), "loss_d": d_terms["d_loss"].detach().float().mean(),
             "r1": d_terms["r1"].detach().float().mean(), "d_real": d_terms["d_real"].float().mean(),
             "d_fake": d_terms["d_fake"].float().mean(), "d_fake_g": g_terms["d_fake"].float().mean(),
-            "rec": g_terms["rec"].float().mean(),
+            "rec": g_terms["rec"].float().mean(), "div": g_terms["div"].float().mean(),
             "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
 
 
@@ -154,7 +156,7 @@ def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedul
     grad_norm_g = update(opt_g, G, loss, grad_clip)
     zero = torch.zeros((), device=device)
     return {"loss": loss.detach(), "loss_g": loss.detach(), "loss_d": zero, "r1": zero, "d_real": zero,
-            "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "grad_norm_d": zero,
+            "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "div": zero, "grad_norm_d": zero,
             "grad_norm_g": grad_norm_g}
 
 
@@ -207,6 +209,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec = f"; L1 reconstruction λ = {ddgan.rec_weight:g}, {ddgan.rec_fade}" if ddgan.rec_weight > 0 else ""
     rec += "; G predicts v" if ddgan.prediction == "v" else ""
     rec += "; relativistic pairing costs" if ddgan.loss == "rp" else ""
+    rec += f"; diversity term μ = {ddgan.div_weight:g}, τ = {ddgan.div_cap:g}" if ddgan.div_weight > 0 else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
