@@ -53,7 +53,9 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     lddgan = json.loads((out / "lddgan" / "config.json").read_text())
     assert lddgan["autoencoder"]["latent_shape"][0] > 1
     assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 1e-3, 2)
-    assert json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]["d_steps"] == 1   # the paper's
+    assert (lddgan["ddgan"]["div_weight"], lddgan["ddgan"]["div_cap"]) == (1.0, 0.5)
+    ddgan = json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]
+    assert (ddgan["d_steps"], ddgan["div_weight"]) == (1, 0.0)                # the paper's
     assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "unipc"
     table = (out / "trilemma.md").read_text()
     assert table.count("\n| ") == 1 + len(ROWS) and "DDGAN (4 NFE)" in table and "as fast as the DDPM" in table
