@@ -73,7 +73,7 @@ class DDGANConfig:
     pretrain: float = opt(0.0, "share of the budget (steps or minutes) spent first on G alone, regressing x̂₀ on "
                                "x₀ (mean squared error; D idle), before the game starts (0: the paper's, none)",
                           check=in_range(0.0, 1.0, hi_open=True))
-    div_weight: float = opt(0.0, "weight λ of a diversity term −λ·min(ℓ, τ) in G's cost, ℓ = mean|x̂₀(z₁) − x̂₀(z₂)| / "
+    div_weight: float = opt(0.0, "weight μ of a diversity term −μ·min(ℓ, τ) in G's cost, ℓ = mean|x̂₀(z₁) − x̂₀(z₂)| / "
                                  "mean|z₁ − z₂| for two z at the same x_t (DSGAN, Yang et al. 2019; one more G pass "
                                  "per G update; 0: the paper's, none)", check=in_range(0.0, 1000.0))
     div_cap: float = opt(0.5, "cap τ of the diversity term of --div-weight (a pair of z earns nothing beyond it)",
