@@ -9,7 +9,7 @@ from helpers import cli, one_line_error
 
 import trilemma.metrics as metrics_mod
 from trilemma.errors import TrilemmaError
-from trilemma.experiments.trilemma import ROWS, RUNS, TrilemmaConfig
+from trilemma.experiments.trilemma import ROWS, RUNS, TrilemmaConfig, lddgan_options
 
 
 def test_budget_is_the_same_per_model_and_the_latent_arm_includes_its_autoencoder():
@@ -27,6 +27,24 @@ def test_budget_is_the_same_per_model_and_the_latent_arm_includes_its_autoencode
     fast = TrilemmaConfig().sampling("ddpm-fast")
     assert (fast.sampler, fast.steps, fast.spacing) == ("unipc", 10, "karras")          # "auto" at 10 NFE
     assert TrilemmaConfig().sampling("ddpm-ddim").steps == 50 and TrilemmaConfig().sampling("ddgan").steps is None
+
+
+def test_the_latent_ddgan_is_half_as_wide_at_the_small_preset_up_to_an_hour():
+    from trilemma.ddgan.config import PRESETS, latent_preset
+    from trilemma.ddgan.networks import make_discriminator, make_generator
+    from trilemma.nets.unet import count_parameters
+
+    small, tiny = lddgan_options("small"), lddgan_options("tiny")
+    assert (small["base_channels"], small["d_channels"]) == (PRESETS["small"]["base_channels"] // 2,
+                                                             PRESETS["small"]["d_channels"] // 2)
+    assert "base_channels" not in tiny and "d_channels" not in tiny and "base_channels" not in lddgan_options("base")
+    assert lddgan_options("small", 20.0) == lddgan_options("small", 60.0) == small   # half widths up to an hour,
+    assert lddgan_options("small", 80.0) == tiny                                       # the preset's past it
+    assert {k: small[k] for k in tiny} == tiny == {"lr": 6.4e-4, "lr_d": 1e-3, "d_steps": 2, "div_weight": 1.0}
+    widths = {k: small[k] for k in ("base_channels", "d_channels")}
+    net, full = latent_preset("small", 7, 4, **widths), latent_preset("small", 7, 4)
+    for make, ratio in ((lambda c: make_generator(c, 100), 0.5), (make_discriminator, 0.3)):   # G 0.42M of 1.22M,
+        assert count_parameters(make(net)) < ratio * count_parameters(make(full))              # D 0.13M of 0.51M
 
 
 def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp_path, capsys, monkeypatch):
@@ -54,6 +72,7 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert lddgan["autoencoder"]["latent_shape"][0] > 1
     assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 1e-3, 2)
     assert (lddgan["ddgan"]["div_weight"], lddgan["ddgan"]["div_cap"]) == (1.0, 0.5)
+    assert (lddgan["model"]["base_channels"], lddgan["model"]["d_channels"]) == (16, 8)   # `tiny` keeps its widths
     ddgan = json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]
     assert (ddgan["d_steps"], ddgan["div_weight"]) == (1, 0.0)                # the paper's
     assert results["ddpm-fast"]["metrics"]["source"]["sampling"]["sampler"] == "unipc"
