@@ -72,8 +72,8 @@ def lddgan_options(preset: str) -> dict[str, Any]:
     G's and D's learning rates, 2 D updates per G update and the diversity term at every preset; at
     ``small`` (the CPU preset) also G and D at half the preset's widths. Measured on Fashion-MNIST
     latents (docs/ddgan.md): half widths make about 2.2× the iterations and gave lower FIDs after 20, 40
-    and 50 minutes (two seeds) and after 80 (FID 23.3 and 22.7 against the full widths' 26.4; the FID
-    of one run moves by 3–6 between checkpoints 2,000 iterations apart). The other presets keep their
+    and 50 minutes (two seeds) and after 80 (FID 23.3 and 22.7 against the full widths' 26.4; one score
+    at n = 2000 carries a sampling noise of ±1–1.5, and one run's checkpoints differ by as much again). The other presets keep their
     widths (``tiny`` is for tests, ``base`` for a GPU, where this was not measured).
     """
     return {"lr": LDDGAN_LR, "lr_d": LDDGAN_LR_D, "d_steps": LDDGAN_D_STEPS, "div_weight": LDDGAN_DIV_WEIGHT,
