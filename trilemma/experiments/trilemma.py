@@ -73,8 +73,9 @@ def lddgan_options(preset: str) -> dict[str, Any]:
     ``small`` (the CPU preset) also G and D at half the preset's widths. Measured on Fashion-MNIST
     latents (docs/ddgan.md): half widths make about 2.2× the iterations and gave lower FIDs after 20, 40
     and 50 minutes (two seeds) and after 80 (FID 23.3 and 22.7 against the full widths' 26.4; one score
-    at n = 2000 carries a sampling noise of ±1–1.5, and one run's checkpoints differ by as much again). The other presets keep their
-    widths (``tiny`` is for tests, ``base`` for a GPU, where this was not measured).
+    at n = 2000 carries a sampling noise of ±1–1.5, and one run's checkpoints differ by as much again).
+    The other presets keep their widths (``tiny`` is for tests, ``base`` for a GPU, where this was not
+    measured).
     """
     return {"lr": LDDGAN_LR, "lr_d": LDDGAN_LR_D, "d_steps": LDDGAN_D_STEPS, "div_weight": LDDGAN_DIV_WEIGHT,
             **LDDGAN_WIDTHS.get(preset, {})}
