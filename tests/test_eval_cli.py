@@ -178,3 +178,42 @@ def test_compare_labels_a_json_of_a_run_by_the_run(tmp_path):
     assert label_for(str(f), {"source": {"kind": "run", "path": "runs/demo"}}) == "demo"
     assert label_for(str(f), {"source": {"kind": "images", "path": "x.npz"}}) == "ddim50"
     assert label_for(str(tmp_path)) == tmp_path.name
+
+
+def test_eval_repeats_prints_mean_and_sd_and_compare_shows_them(cache, ddpm_run, tmp_path, capsys):
+    """`eval RUN --repeats 2`: two sample sets (seeds 3, 4), mean ± sd printed and saved; compare reuses it."""
+    one = tmp_path / "seed4.json"
+    assert main(["eval", str(ddpm_run), "--n", "30", "--sampler", "ddim", "--steps", "2", "--batch-size", "30",
+                 "--seed", "4", "--json", str(one), "--quiet"]) == 0
+    both = tmp_path / "both.json"
+    assert main(["eval", str(ddpm_run), "--n", "30", "--sampler", "ddim", "--steps", "2", "--batch-size", "30",
+                 "--seed", "3", "--repeats", "2", "--json", str(both), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(both.read_text())
+    fids = result["repeats"]["values"]["quality.fid"]
+    assert result["repeats"]["seeds"] == [3, 4] and result["n"] == 30
+    assert fids[1] == pytest.approx(json.loads(one.read_text())["quality"]["fid"], rel=1e-9)   # set 2 is seed 4's
+    assert result["quality"]["fid"] == pytest.approx(sum(fids) / 2)
+    assert "2 sets of 30 samples" in printed and f"{result['quality']['fid']:.2f} ± " in printed
+    assert "FID per sampling seed (3, 4)" in printed
+    assert json.loads((ddpm_run / "eval.json").read_text())["repeats"]["seeds"] == [3, 4]
+
+    out_dir = tmp_path / "cmp"
+    assert main(["compare", str(ddpm_run), "--out", str(out_dir), "--quiet"]) == 0
+    table = (out_dir / "compare.md").read_text()
+    assert "| 30 × 2 |" in table and f"{result['quality']['fid']:.2f} ± " in table and "n × K" in table
+    assert main(["compare", str(ddpm_run), "--out", str(out_dir), "--repeats", "3", "--n", "30", "--quiet",
+                 "--sampler", "ddim", "--steps", "2", "--batch-size", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "not --repeats 3" in err
+    assert json.loads((ddpm_run / "eval.json").read_text())["repeats"]["seeds"] == [0, 1, 2]
+
+
+def test_repeats_bad_input_is_one_line(cache, samples, ddpm_run, capsys):
+    assert main(["eval", "--samples", str(samples), "--data", "digits", "--repeats", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trilemma: error:") and "(--repeats) apply to a RUN" in err and "\n" not in err
+    with pytest.raises(SystemExit):
+        main(["eval", str(ddpm_run), "--repeats", "0"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trilemma: error: argument --repeats:") and "\n" not in err

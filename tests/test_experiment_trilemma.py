@@ -98,6 +98,21 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert "reusing" in err and "training the" not in err
     assert json.loads((out / "results.json").read_text())["results"]["ddgan"]["metrics"] == results["ddgan"]["metrics"]
 
+    # --repeats 2 re-scores every row on two sample sets (seeds 0, 1) and reports mean ± sd; it trains nothing
+    monkeypatch.undo()
+    code, printed, err = cli(capsys, *args, "--repeats", "2")
+    assert code == 0, err
+    assert "training the" not in err and " ± " in printed
+    again = json.loads((out / "results.json").read_text())["results"]
+    for key, r in again.items():
+        assert r["metrics"]["repeats"]["seeds"] == [0, 1], key
+        fids = r["metrics"]["repeats"]["values"]["quality.fid"]
+        assert r["metrics"]["quality"]["fid"] == pytest.approx(sum(fids) / 2)
+    assert again["gan"]["metrics"]["repeats"]["values"]["quality.fid"][0] == pytest.approx(
+        results["gan"]["metrics"]["quality"]["fid"])                       # set 1 is the seed-0 score of before
+    table = (out / "trilemma.md").read_text()
+    assert "2 sets of 30 samples" in table and "twice its standard error" in table
+
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):
     code, _, err = cli(capsys, "experiment", "trilemma", "--data", "digits", "--minutes", "1", "--steps", "2",

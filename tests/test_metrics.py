@@ -499,3 +499,32 @@ def test_a_small_evaluation_times_batches_of_its_own_size(digits, tmp_path):
     assert images.shape[0] == 12
     assert sizes == [12, 12, 12, 12]                 # the kept batch, then 3 timed ones of the same size
     assert speed["batch_size"] == 12 and speed["timed_batches"] == 3
+
+
+def test_repeats_score_independent_sample_sets_and_average_them(digits, digits_net, tmp_path, monkeypatch):
+    """--repeats K: K sets of n samples (seeds seed … seed + K − 1), each metric their mean, ± their sd."""
+    import trilemma.metrics.evaluate as evaluate_mod
+    from trilemma.errors import TrilemmaError
+    from trilemma.metrics.evaluate import REPEATED
+
+    monkeypatch.setattr(evaluate_mod, "get_feature_network", lambda *a, **k: digits_net)
+    run = CopyingRun(digits, tmp_path)
+    singles = [evaluate_run(run, 60, None, seed=s, batch_size=30, settings=FAST, progress=False) for s in (4, 5, 6)]
+    combined = evaluate_run(run, 60, None, seed=4, repeats=3, batch_size=30, settings=FAST, progress=False)
+    assert combined["n"] == 60 and combined["source"]["seed"] == 4
+    assert combined["repeats"]["seeds"] == combined["source"]["seeds"] == [4, 5, 6]
+    fids = [r["quality"]["fid"] for r in singles]
+    assert len(set(fids)) == 3                                    # three different sample sets
+    assert combined["repeats"]["values"]["quality.fid"] == pytest.approx(fids, rel=1e-12)
+    assert combined["quality"]["fid"] == pytest.approx(np.mean(fids), rel=1e-12)
+    assert combined["repeats"]["sd"]["quality.fid"] == pytest.approx(np.std(fids, ddof=1), rel=1e-9)
+    for section, keys in REPEATED.items():
+        for key in keys:
+            if singles[0][section][key] is not None:
+                assert combined[section][key] == pytest.approx(np.mean([r[section][key] for r in singles]))
+    assert combined["coverage"]["class_histogram"] == singles[0]["coverage"]["class_histogram"]   # the first set's
+    speeds = combined["repeats"]["values"]["speed.images_per_s"]
+    assert len(speeds) == 3 and combined["speed"]["images_per_s"] == pytest.approx(np.median(speeds))
+    assert evaluate_run(run, 60, None, seed=4, batch_size=30, settings=FAST, progress=False)["repeats"] is None
+    with pytest.raises(TrilemmaError, match="repeats"):
+        evaluate_run(run, 60, None, repeats=0, settings=FAST, progress=False)

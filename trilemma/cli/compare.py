@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "here (default 10000)")
     add_sampler_args(p)  # for runs evaluated here
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed for runs evaluated here")
+    p.add_argument("--repeats", type=positive_int, default=None, metavar="K",
+                   help="runs evaluated here: score K sets of --n samples (seeds --seed, --seed + 1, …) and "
+                        "show mean ± sd (default 1; a cached eval.json is reused whatever its K unless this is given)")
     p.add_argument("--batch-size", type=batch_size_int, default=256, help="sampling batch size")
     p.add_argument("--reeval", action="store_true", help="evaluate runs even if they have eval.json")
     p.add_argument("--x", choices=tuple(SPEED_AXES), default="images-per-s",
@@ -136,7 +139,7 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
     options = sample_options(args)
     check_sampling_memory(run, args.n or DEFAULT_N, args.batch_size)
     say(f"{item}: evaluating {args.n or DEFAULT_N} samples")
-    result = evaluate_run(run, args.n or DEFAULT_N, options, seed=args.seed,
+    result = evaluate_run(run, args.n or DEFAULT_N, options, seed=args.seed, repeats=args.repeats or 1,
                           batch_size=args.batch_size, progress=not args.quiet, log=say)
     write_json(cached, result)
     return result
@@ -145,9 +148,9 @@ def load_result(item: str, args: argparse.Namespace) -> dict[str, Any]:
 def stale(result: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> str | None:
     """Why a run's cached ``eval.json`` does not answer this ``compare`` (``None``: it does).
 
-    It must have scored this run folder, at the step its weights are at now, with the ``--n`` and
-    the sampling options given on this command line (options left at their defaults accept the
-    cached ones).
+    It must have scored this run folder, at the step its weights are at now, with the ``--n``,
+    ``--repeats`` and sampling options given on this command line (options left at their defaults
+    accept the cached ones).
     """
     from trilemma.cli.sample import SAMPLING_DEFAULTS
     from trilemma.run import weights_step
@@ -166,6 +169,9 @@ def stale(result: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> st
         return f"it scored the weights of step {src.get('step')}, the run is at step {now}"
     if args.n is not None and result.get("n") != args.n:
         return f"it scored {result.get('n')} images, not --n {args.n}"
+    sets = len((result.get("repeats") or {}).get("seeds") or [None])
+    if getattr(args, "repeats", None) is not None and sets != args.repeats:
+        return f"it scored {sets} set{'s' if sets > 1 else ''} of samples, not --repeats {args.repeats}"
     cached = src.get("sampling") or {}                 # {}: a run that uses no sampling options (GAN, VAE, …)
     given = {k: getattr(args, k) for k, default in SAMPLING_DEFAULTS.items()
              if getattr(args, k, default) != default}

@@ -1,13 +1,15 @@
 """``trilemma eval``: score a run, or images from anywhere, on quality, coverage and speed.
 
-    trilemma eval RUN [--n 10000] [--sampler ddim --steps 50] [--json out.json]
+    trilemma eval RUN [--n 10000] [--sampler ddim --steps 50] [--repeats K] [--json out.json]
     trilemma eval --samples FILE.npz|FOLDER --data fashion-mnist [--json out.json]
 
 A run is sampled (with a progress bar), timed, and scored against its dataset's
 test split; its result is also saved as ``RUN/eval.json`` for ``trilemma
 compare``. ``--samples`` scores images made by anything (another library's
-samples included) the same way. The summary goes to stdout; the full result
-(docs/metrics.md lists every key) to ``--json``.
+samples included) the same way. ``--repeats K`` scores K sample sets of a run
+(sampling seeds ``--seed`` … ``--seed + K − 1``) and reports each metric's mean
+± sd. The summary goes to stdout; the full result (docs/metrics.md lists every
+key) to ``--json``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "mnist-5k-captions (class agreement, seen vs held-out templates)")
     add_sampler_args(p)
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed")
+    p.add_argument("--repeats", type=positive_int, default=1, metavar="K",
+                   help="score K independent sets of --n samples (sampling seeds --seed, --seed + 1, …) and "
+                        "report each metric's mean ± sd over them: one FID at a few thousand samples carries a "
+                        "sampling noise as large as many differences between models (docs/metrics.md)")
     p.add_argument("--batch-size", type=batch_size_int, default=256,
                    help="sampling batch size (images/s is measured on these batches)")
     p.add_argument("--json", metavar="FILE", help="write the full result here")
@@ -67,6 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from trilemma.utils.paths import cache_dir
 
     if args.prompts is not None:
+        if args.repeats != 1:
+            raise TrilemmaError("--repeats applies to a run's image metrics, not to --prompts")
         return run_prompt_eval(args)
     if args.run is None and args.samples is None:
         raise TrilemmaError("give either a RUN folder or --samples FILE_OR_FOLDER --data DATASET (a run is "
@@ -82,6 +90,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.data is None:
             raise TrilemmaError("--samples needs --data DATASET (e.g. --data fashion-mnist)")
         given = sampling_given(args)
+        if args.repeats != 1:
+            given.append("--repeats")
         if given:
             raise TrilemmaError(f"sampling options ({', '.join(given)}) apply to a RUN, not to --samples")
         check_samples_path(args.samples)
@@ -111,9 +121,10 @@ def run_eval(args: argparse.Namespace) -> int:
         load_dataset(run.data_config, "test")         # the reference split exists and is not empty: before sampling
         n = args.n or DEFAULT_N
         check_sampling_memory(run, n, args.batch_size)
-        say(f"sampling {n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
+        sets = f"{args.repeats} sets of " if args.repeats > 1 else ""
+        say(f"sampling {sets}{n} images from {args.run} ({run.kind}, {run.nfe(options)} network "
             f"evaluations per image)")
-        result = evaluate_run(run, n, options, seed=args.seed, batch_size=args.batch_size,
+        result = evaluate_run(run, n, options, seed=args.seed, repeats=args.repeats, batch_size=args.batch_size,
                               progress=not args.quiet, log=say)
         write_json(Path(run.path) / EVAL_FILE, result)
     print(format_summary(result))
@@ -265,7 +276,10 @@ def source_line(result: dict) -> str:
     if src.get("kind") == "run":
         sampling = src.get("sampling") or {}
         how = ", ".join(f"{k}={v}" for k, v in sampling.items() if v is not None)
-        return f"{result['n']} samples from run {src['path']} ({src['run_kind']}{'; ' + how if how else ''})"
+        seeds = (result.get("repeats") or {}).get("seeds")
+        sets = f"{len(seeds)} sets of " if seeds else ""
+        return (f"{sets}{result['n']} samples from run {src['path']} ({src['run_kind']}{'; ' + how if how else ''})"
+                + (f"; sampling seeds {seeds[0]}–{seeds[-1]}, mean ± sd over the sets" if seeds else ""))
     return f"{result['n']} images from {src.get('path', src.get('kind'))}"
 
 
@@ -282,19 +296,29 @@ def format_summary(result: dict) -> str:
         f"feature network: {fn['name']} ({fn['objective']}, {acc_kind} {acc_text})",
         "",
     ]
+    sd = (result.get("repeats") or {}).get("sd") or {}
+
+    def value(section: str, key: str, digits: int = 3) -> str:
+        """The metric, with ± its sd over the sampling seeds when several were scored."""
+        text = fmt(result[section][key], digits)
+        spread = sd.get(f"{section}.{key}")
+        return text if spread is None else f"{text} ± {spread:.{digits}f}"
+
     kid = f"{q['kid_mean']:.3f} ± {q['kid_std']:.3f}" if q["kid_mean"] is not None else "n/a"
+    if "quality.kid_mean" in sd:             # the spread that matters here is the one over the sampling seeds
+        kid = value("quality", "kid_mean")
     score = (f"{q['classifier_score_mean']:.3f} ± {q['classifier_score_std']:.3f}"
              if q["classifier_score_mean"] is not None else "n/a")
     modes = (f"{c['modes_hit']} / {c['num_classes']} (share >= {c['modes_threshold']:.3f})"
              if c["modes_hit"] is not None else "n/a")
     rows = [
-        ("quality", "FID (lower is better)", fmt(q["fid"], 2)),
+        ("quality", "FID (lower is better)", value("quality", "fid", 2)),
         ("", "KID (lower is better)", kid),
-        ("", "precision (k=3)", fmt(q["precision"])),
-        ("", "density (k=5)", fmt(q["density"])),
+        ("", "precision (k=3)", value("quality", "precision")),
+        ("", "density (k=5)", value("quality", "density")),
         ("", "classifier score", score),
-        ("coverage", "recall (k=3)", fmt(c["recall"])),
-        ("", "coverage (k=5)", fmt(c["coverage"])),
+        ("coverage", "recall (k=3)", value("coverage", "recall")),
+        ("", "coverage (k=5)", value("coverage", "coverage")),
         ("", "modes hit", modes),
         ("", "class KL / JS / TV", f"{fmt(c['class_kl'], 4)} / {fmt(c['class_js'], 4)} / "
                                    f"{fmt(c['class_tv'], 4)}"),
@@ -307,8 +331,13 @@ def format_summary(result: dict) -> str:
                                  + (f"  [{s['memory_measure']}]" if s["memory_measure"] else "")),
     ]
     width = max(len(r[1]) for r in rows)
-    for section, name, value in rows:
-        lines.append(f"{section:<13} {name:<{width}}  {value}")
+    for section, name, text in rows:
+        lines.append(f"{section:<13} {name:<{width}}  {text}")
+    per_seed = ((result.get("repeats") or {}).get("values") or {}).get("quality.fid")
+    if per_seed:
+        lines.append("")
+        lines.append(f"FID per sampling seed ({', '.join(str(k) for k in result['repeats']['seeds'])}): "
+                     f"{', '.join(f'{v:.2f}' for v in per_seed)}")
     t = result["timing"]
     lines.append("")
     lines.append(f"time: {fmt(t['total_s'], 1)} s total (sampling {fmt(t['sample_s'], 1)} s, "

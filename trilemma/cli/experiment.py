@@ -101,6 +101,9 @@ def add_trilemma(sub) -> None:
     budget.add_argument("--steps", type=positive_int, help="or: training steps per network")
     p.add_argument("--preset", choices=("tiny", "small", "base"), help="size of every model (default small)")
     p.add_argument("--n", type=positive_int, help="samples per model for the metrics (default 1000)")
+    p.add_argument("--repeats", type=positive_int, metavar="K",
+                   help="score K sets of --n samples per model (sampling seeds --seed … --seed + K − 1) and report "
+                        "mean ± sd (default 1)")
     p.add_argument("--ddim-steps", type=positive_int, help="DDIM steps for the DDPMs (default 50)")
     p.add_argument("--batch-size", type=positive_int, help="sampling batch size (default 250)")
     p.add_argument("--seed", type=seed_int)

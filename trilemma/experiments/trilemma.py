@@ -17,7 +17,9 @@ batch size against the test split (FID, KID, precision, recall, coverage, NFE, i
 DDPM twice, with 50-step DDIM and with the library's default sampler at 10 network evaluations
 (``--sampler auto``: UniPC on Karras' σ grid there, the best few-step solver measured in
 docs/sampling.md); the latent DDPM with 50-step DDIM. The training images are
-scored as a floor.
+scored as a floor. ``--repeats K`` scores each model on K sets of ``--n`` samples (sampling seeds
+``--seed`` … ``--seed + K − 1``): the table shows mean ± sd, and each DDGAN-vs-GAN FID claim says whether
+the difference is beyond twice its standard error.
 
 Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
 the numbers), ``DIR/results.json``, ``DIR/trilemma.png`` (FID against images/s on log axes,
@@ -88,6 +90,7 @@ class TrilemmaConfig:
     steps: int | None = None           # or: optimiser steps per network (GAN, DDGAN: iterations of D and G)
     preset: str = "small"
     n: int = 1000                      # samples per model for the metrics
+    repeats: int = 1                   # sets of n samples per model (sampling seeds seed, seed + 1, …): mean ± sd
     ddim_steps: int = 50
     fast_sampler: str = "auto"         # the default sampler at fast_steps NFE (UniPC, Karras grid, at 10)
     fast_steps: int = 10               # network evaluations of the fast solver
@@ -103,7 +106,7 @@ class TrilemmaConfig:
             raise TrilemmaError("give at most one of --minutes and --steps")
         if self.minutes is not None and not self.minutes > 0:
             raise TrilemmaError(f"--minutes: must be positive, got {self.minutes}")
-        for name in ("n", "ddim_steps", "fast_steps", "grid_n", "batch_size", "speed_batches"):
+        for name in ("n", "repeats", "ddim_steps", "fast_steps", "grid_n", "batch_size", "speed_batches"):
             if getattr(self, name) <= 0:
                 raise TrilemmaError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         if self.preset not in ("tiny", "small", "base"):
@@ -226,7 +229,7 @@ def budget_text(budgets: list[dict[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------------------- scoring
 def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: bool) -> dict[str, Any]:
-    """The metrics of a row, cached as ``DIR/evals/<row>.json`` (reused with the same n and seed, and for
+    """The metrics of a row, cached as ``DIR/evals/<row>.json`` (reused with the same n, seed and repeats, and for
     the diffusion rows the same sampling options: the VAE, GAN and DDGAN rows ignore them, so a change
     of the library's sampler defaults does not re-score those)."""
     from trilemma.metrics import evaluate_run
@@ -237,12 +240,14 @@ def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: boo
         result = read_json(cached)
         src = result.get("source", {})
         same_sampling = row not in DIFFUSION_ROWS or src.get("sampling") == options.to_dict()
-        if result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed:
+        sets = len((result.get("repeats") or {}).get("seeds") or [None])
+        if result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed and sets == cfg.repeats:
             say(f"trilemma: reusing {cached}")
             return result
     run = load_run(path, device=cfg.device)
-    say(f"trilemma: scoring {cfg.n} samples of {path} ({run.describe(options)})")
-    result = evaluate_run(run, cfg.n, options, seed=cfg.seed, batch_size=cfg.batch_size,
+    sets = f"{cfg.repeats} sets of " if cfg.repeats > 1 else ""
+    say(f"trilemma: scoring {sets}{cfg.n} samples of {path} ({run.describe(options)})")
+    result = evaluate_run(run, cfg.n, options, seed=cfg.seed, repeats=cfg.repeats, batch_size=cfg.batch_size,
                           speed_batches=cfg.speed_batches, progress=progress, log=say if progress else None)
     write_json(cached, result)
     return result
@@ -269,17 +274,40 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _pm(result: dict[str, Any], section: str, key: str, digits: int = 3) -> str:
+    """A metric with ``± sd`` over the sampling seeds when several sets were scored (``--repeats``)."""
+    spread = ((result.get("repeats") or {}).get("sd") or {}).get(f"{section}.{key}")
+    text = _fmt(result[section][key], digits)
+    return text if spread is None or result[section][key] is None else f"{text} ± {spread:.{digits}f}"
+
+
 def results_table(results: dict[str, dict[str, Any]]) -> str:
     header = ["model", "sampling", "FID ↓", "KID ↓", "precision ↑", "recall ↑", "coverage ↑", "NFE ↓", "img/s ↑",
               "training budget"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in results.values():
-        q, c, sp = r["metrics"]["quality"], r["metrics"]["coverage"], r["metrics"]["speed"]
+        m = r["metrics"]
+        q, c, sp = m["quality"], m["coverage"], m["speed"]
         lines.append("| " + " | ".join([
-            r["label"], r["sampling"], _fmt(q["fid"], 2), _fmt(q["kid_mean"], 4), _fmt(q["precision"]),
-            _fmt(c["recall"]), _fmt(c["coverage"]), _fmt(sp.get("nfe")), _fmt(sp.get("images_per_s"), 1),
+            r["label"], r["sampling"], _pm(m, "quality", "fid", 2), _fmt(q["kid_mean"], 4),
+            _pm(m, "quality", "precision"), _pm(m, "coverage", "recall"), _pm(m, "coverage", "coverage"),
+            _fmt(sp.get("nfe")), _fmt(sp.get("images_per_s"), 1),
             r["budget_text"]]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def noise_note(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """``" (within the sampling noise …)"`` when two rows' mean FIDs differ by less than their spread over seeds."""
+    sd_a = ((a.get("repeats") or {}).get("sd") or {}).get("quality.fid")
+    sd_b = ((b.get("repeats") or {}).get("sd") or {}).get("quality.fid")
+    if sd_a is None or sd_b is None:
+        return ""
+    k_a, k_b = len(a["repeats"]["seeds"]), len(b["repeats"]["seeds"])
+    se = math.sqrt(sd_a ** 2 / k_a + sd_b ** 2 / k_b)    # standard error of the difference of the two means
+    diff = abs(a["quality"]["fid"] - b["quality"]["fid"])
+    return (f" (mean ± sd over sampling seeds; the difference, {diff:.2f}, is "
+            f"{'within' if diff < 2 * se else 'beyond'} twice its standard error, {2 * se:.2f}: this measures "
+            f"the sampling noise of these two trained models, not the spread between training runs)")
 
 
 def claims(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -295,7 +323,8 @@ def claims(results: dict[str, dict[str, Any]]) -> list[str]:
         dd, name = m[row], results[row]["label"]
         fid_dd, fid_gan = dd["quality"]["fid"], gan["quality"]["fid"]
         out.append(f"- **{name} ({dd['speed']['nfe']} NFE) {'beats' if fid_dd < fid_gan else 'does NOT beat'} the GAN "
-                   f"on FID**: {fid_dd:.2f} vs {fid_gan:.2f}.")
+                   f"on FID**: {_pm(dd, 'quality', 'fid', 2)} vs {_pm(gan, 'quality', 'fid', 2)}"
+                   f"{noise_note(dd, gan)}.")
         better = [k for k in ("recall", "coverage") if (dd["coverage"][k] or 0) > (gan["coverage"][k] or 0)]
         verdict = "holds" if len(better) == 2 else "holds in part" if better else "does NOT hold"
         out.append(f"- **\"{name} covers the modes better than the GAN\" {verdict}**: " + "; ".join(
@@ -396,7 +425,10 @@ def run_trilemma(cfg: TrilemmaConfig, out: str | Path, progress: bool = True) ->
         f"# The trilemma on {cfg.data}", "",
         (f"Budget: {budget}; `{cfg.preset}` presets; device {pick_device(cfg.device)}. Metrics on {cfg.n} samples "
          f"per model (seed {cfg.seed}, batch {cfg.batch_size}) against the test split; images/s is the median over "
-         f"the sampling batches after the first."), "",
+         f"the sampling batches after the first."
+         + (f" Each model was scored on {cfg.repeats} sets of {cfg.n} samples (sampling seeds {cfg.seed}–"
+            f"{cfg.seed + cfg.repeats - 1}): FID, precision, recall and coverage are their mean ± sd."
+            if cfg.repeats > 1 else "")), "",
         results_table(results),
         (f"Floor (the first {cfg.n} training images scored like samples): FID {_fmt(fq['fid'], 2)}, precision "
          f"{_fmt(fq['precision'])}, recall {_fmt(fc['recall'])}, coverage {_fmt(fc['coverage'])}."), "",
@@ -408,7 +440,7 @@ def run_trilemma(cfg: TrilemmaConfig, out: str | Path, progress: bool = True) ->
 
 def main(args: argparse.Namespace) -> int:
     """``trilemma experiment trilemma`` (options in :func:`trilemma.cli.experiment.add_trilemma`)."""
-    keys = ("data", "minutes", "steps", "preset", "n", "ddim_steps", "batch_size", "seed", "device")
+    keys = ("data", "minutes", "steps", "preset", "n", "repeats", "ddim_steps", "batch_size", "seed", "device")
     cfg = TrilemmaConfig(**{k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
     out = run_trilemma(cfg, args.out, progress=not args.quiet)
     print(out["report"], end="")

@@ -11,6 +11,7 @@ class metrics under the rotation fallback); docs/metrics.md explains each key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import time
@@ -84,6 +85,14 @@ METRICS: dict[str, Callable[[Inputs], dict[str, dict[str, Any]]]] = {}
 
 
 EVAL_FILE = "eval.json"  # the latest `trilemma eval` of a run, inside the run folder
+
+# The scalar metrics that several sampling seeds (``repeats``) average: the result holds their mean over
+# the seeds, ``repeats.values`` the per-seed values and ``repeats.sd`` their standard deviation.
+REPEATED: dict[str, tuple[str, ...]] = {
+    "quality": ("fid", "kid_mean", "precision", "density", "classifier_score_mean"),
+    "coverage": ("recall", "coverage", "class_kl", "class_js", "class_tv"),
+    "memorisation": ("nn_train_median", "nn_ratio", "copy_fraction", "exact_copy_fraction"),
+}
 
 
 def metric(name: str):
@@ -229,6 +238,7 @@ def evaluate_images(images: torch.Tensor | np.ndarray, data_config, *, reference
                       "data_config": data_config.to_dict()},
         "feature_net": dict(fn.info),
         **empty_result(),
+        "repeats": None,
     }
     for compute in METRICS.values():
         for section, values in compute(inputs).items():
@@ -241,9 +251,9 @@ def evaluate_images(images: torch.Tensor | np.ndarray, data_config, *, reference
     return result
 
 
-def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_size: int = 256,
-                 settings: EvalSettings | None = None, speed_batches: int = 3, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, repeats: int = 1,
+                 batch_size: int = 256, settings: EvalSettings | None = None, speed_batches: int = 3,
+                 progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sample ``n`` images from ``run``, timing the sampler on the way, and score them.
 
     ``run`` follows :mod:`trilemma.run` (``sample_batch``, ``nfe``, ``generator``,
@@ -253,7 +263,23 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_
     (:func:`~trilemma.metrics.speed.generate_timed`; ``speed_batches`` extra timed
     batches only when ``n`` is under two batches). Adds ``speed`` and the run as
     ``source`` to :func:`evaluate_images`' result.
+
+    ``repeats`` > 1 scores that many independent sets of ``n`` images, with the sampling seeds
+    ``seed``, ``seed + 1``, …, and combines them with :func:`combine_repeats`: each metric of
+    :data:`REPEATED` is the mean over the sets (still a score *at n*: FID's bias depends on n, its
+    sampling noise shrinks as 1/√repeats), with the per-seed values and their standard deviation
+    under ``repeats``.
     """
+    if repeats < 1:
+        raise TrilemmaError(f"repeats: must be at least 1, got {repeats}")
+    if repeats > 1:
+        results = []
+        for i in range(repeats):
+            if log is not None:
+                log(f"sampling seed {seed + i} ({i + 1} of {repeats})")
+            results.append(evaluate_run(run, n, options, seed=seed + i, batch_size=batch_size, settings=settings,
+                                        speed_batches=speed_batches, progress=progress, log=log))
+        return combine_repeats(results)
     from trilemma.run import SampleOptions
 
     t_start = time.perf_counter()
@@ -276,3 +302,41 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, batch_
     result["timing"]["sample_s"] = round(sample_s, 2)
     result["timing"]["total_s"] = round(time.perf_counter() - t_start, 2)
     return result
+
+
+def combine_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the scores of several sets of samples of one model (:func:`evaluate_run`'s ``repeats``).
+
+    The first set's result, with each metric of :data:`REPEATED` replaced by its mean over the sets,
+    ``speed.images_per_s`` by the median of the sets' throughputs (timings are not averaged: one slow
+    set should not move them), the timings summed, and
+    ``repeats = {"seeds": [...], "values": {"quality.fid": [...], ...}, "sd": {"quality.fid": ..., ...}}``
+    (sample standard deviations, ddof = 1). Keys not averaged (histograms, KID's and the classifier
+    score's own spreads, modes hit, the speed's batch timings) are the first set's.
+    """
+    if len(results) < 2:
+        return results[0]
+    ns = {r["n"] for r in results}
+    if len(ns) > 1:
+        raise TrilemmaError(f"repeats: the sets were scored at different n ({sorted(ns)})")
+    out = copy.deepcopy(results[0])
+    values: dict[str, list[float]] = {}
+    for section, keys in REPEATED.items():
+        for key in keys:
+            xs = [r[section][key] for r in results]
+            if any(x is None for x in xs):
+                continue
+            values[f"{section}.{key}"] = [float(x) for x in xs]
+            out[section][key] = float(np.mean(xs))
+    speeds = [r["speed"]["images_per_s"] for r in results]
+    if all(v is not None for v in speeds):
+        values["speed.images_per_s"] = [float(v) for v in speeds]
+        out["speed"]["images_per_s"] = float(np.median(speeds))
+    for key in ("sample_s", "featurise_s", "metrics_s", "total_s"):
+        parts = [r["timing"][key] for r in results]
+        out["timing"][key] = None if any(v is None for v in parts) else round(sum(parts), 2)
+    seeds = [r["source"].get("seed") for r in results]
+    out["source"]["seeds"] = seeds
+    out["repeats"] = {"seeds": seeds, "values": values,
+                      "sd": {k: float(np.std(v, ddof=1)) for k, v in values.items()}}
+    return out

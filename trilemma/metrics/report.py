@@ -13,6 +13,13 @@ def cell(value: Any, digits: int = 3) -> str:
     return format_value(value, digits, missing="–")
 
 
+def metric_cell(result: dict, section: str, key: str, digits: int = 3) -> str:
+    """A metric's cell: its value, and ``± sd`` over the sampling seeds when several were scored (``--repeats``)."""
+    text = cell(result[section][key], digits)
+    spread = ((result.get("repeats") or {}).get("sd") or {}).get(f"{section}.{key}")
+    return text if spread is None or result[section][key] is None else f"{text} ± {spread:.{digits}f}"
+
+
 
 def sampling_text(result: dict) -> str:
     src = result.get("source", {})
@@ -98,6 +105,9 @@ def markdown_table(rows: list[tuple[str, dict]]) -> str:
         "samples closer to the training set than the closest 1% of test images (about 0.01 for a "
         "model that does not copy). Metrics: docs/metrics.md.",
     ]
+    if any(r.get("repeats") for _, r in rows):
+        notes.append("n × K: K independent sets of n samples (sampling seeds) were scored; FID, precision, recall "
+                     "and coverage are their mean ± standard deviation, still scores at n.")
     return "\n".join(lines + notes + [""] + consistency_warnings(rows)).rstrip() + "\n"
 
 
@@ -166,14 +176,14 @@ ONE_PASS = {"vae": "decoder, 1 pass", "gan": "G(z), 1 pass", "autoencoder": "dec
 COLUMNS = (  # header, function of a result -> cell text
     ("model", None),
     ("sampling", sampling_text),
-    ("n", lambda r: cell(r["n"])),
-    ("FID ↓", lambda r: cell(r["quality"]["fid"], 2)),
+    ("n", lambda r: cell(r["n"]) + (f" × {len(r['repeats']['seeds'])}" if r.get("repeats") else "")),
+    ("FID ↓", lambda r: metric_cell(r, "quality", "fid", 2)),
     ("KID ↓", lambda r: cell(r["quality"]["kid_mean"], 3)),
-    ("precision ↑", lambda r: cell(r["quality"]["precision"])),
+    ("precision ↑", lambda r: metric_cell(r, "quality", "precision")),
     ("density", lambda r: cell(r["quality"]["density"])),
     ("class. score ↑", lambda r: cell(r["quality"]["classifier_score_mean"], 2)),
-    ("recall ↑", lambda r: cell(r["coverage"]["recall"])),
-    ("coverage ↑", lambda r: cell(r["coverage"]["coverage"])),
+    ("recall ↑", lambda r: metric_cell(r, "coverage", "recall")),
+    ("coverage ↑", lambda r: metric_cell(r, "coverage", "coverage")),
     ("modes hit", lambda r: (f"{r['coverage']['modes_hit']}/{r['coverage']['num_classes']}"
                              if r["coverage"]["modes_hit"] is not None else "–")),
     ("class JS ↓", lambda r: cell(r["coverage"]["class_js"], 4)),
