@@ -175,6 +175,35 @@ def test_cosine_decay_follows_the_budget_and_resumes_exactly(tmp_path):
     assert losses(tmp_path / "split") == losses(tmp_path / "straight")
 
 
+def test_cosine_decay_to_a_floor_matches_pytorchs_cosine_annealing(tmp_path):
+    """--lr-final f: base · (f + (1 − f)·½(1 + cos(π·progress))), PyTorch's CosineAnnealingLR with eta_min = f·base."""
+    import math
+
+    base, final, T = 1.6e-4, 0.0625, 40
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=T, eta_min=final * base)
+    for t in range(T + 1):
+        assert lr_at(10_000, base, 0, "cosine", t / T, final) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        sched.step()
+    assert lr_at(10_000, base, 0, "cosine", 1.0, final) == pytest.approx(1e-5)      # the DDGAN paper's end point
+    assert lr_at(10_000, base, 0, "constant", 0.7, final) == base                   # only the cosine decays
+    with pytest.raises(TrilemmaError, match="--lr-final.*--lr-decay cosine"):
+        TrainConfig(steps=1, lr_final=0.1)
+    with pytest.raises(TrilemmaError, match="--lr-final"):
+        TrainConfig(steps=1, lr_decay="cosine", lr_final=1.5)
+    fit_digits(tmp_path / "floor", 10, warmup_steps=0, lr_decay="cosine", lr_final=0.25)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "floor" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3 * (0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi * s / 10))) for s in range(10)])
+    from trilemma.cli.main import main                                  # the flag of every trainer, recorded
+
+    assert main(["train", "ddpm", "--data", "digits", "--preset", "tiny", "--steps", "2", "--batch-size", "8",
+                 "--T", "100", "--lr-decay", "cosine", "--lr-final", "0.1", "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())["train"]
+    assert (config["lr_decay"], config["lr_final"]) == ("cosine", 0.1)
+
+
 def test_the_loop_tells_each_step_the_share_of_the_budget_spent(tmp_path):
     images = load_dataset("digits", "train").batch(torch.arange(16))[0]
     schedule = make_schedule("linear", T=100)

@@ -63,8 +63,10 @@ class TrainConfig:
     batch_size: int = opt(128, "images per optimiser step", check=int_in(1, 2**20))
     lr: float = opt(2e-4, "peak learning rate", check=in_range(1e-12, 10.0))
     warmup_steps: int = opt(100, "linear learning-rate warm-up steps", check=nonneg_int)
-    lr_decay: str = opt("constant", "after warm-up: constant, or cosine to 0 at the end of the --steps/--minutes "
-                        "budget", choices=LR_DECAYS)
+    lr_decay: str = opt("constant", "after warm-up: constant, or cosine to --lr-final × --lr at the end of the "
+                        "--steps/--minutes budget", choices=LR_DECAYS)
+    lr_final: float = opt(0.0, "cosine decay: the learning rate at the end of the budget, as a fraction of --lr "
+                          "(0: to zero; PyTorch's CosineAnnealingLR eta_min / lr)", check=in_range(0.0, 1.0))
     weight_decay: float = opt(0.0, "AdamW weight decay (decoupled: each step shrinks the weights by lr × this)",
                               check=in_range(0.0, 10.0))
     grad_clip: float = opt(1.0, "max global gradient norm (0 = off)", check=nonneg)
@@ -91,6 +93,9 @@ class TrainConfig:
             raise TrilemmaError("--steps/--minutes: give one training budget, not both")
         if self.steps is None and self.minutes is None:
             raise TrilemmaError("give a training budget: exactly one of --steps or --minutes")
+        if self.lr_final != 0.0 and self.lr_decay != "cosine":
+            raise TrilemmaError(f"--lr-final: sets where the cosine decay ends; it needs --lr-decay cosine "
+                                f"(got --lr-decay {self.lr_decay})")
 
 
 
@@ -108,15 +113,17 @@ def adamw(params, train: TrainConfig, **kwargs: Any) -> torch.optim.AdamW:
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, decay: str = "constant",
-          progress: float = 0.0) -> float:
+          progress: float = 0.0, final: float = 0.0) -> float:
     """Linear warm-up to ``base_lr`` over ``warmup_steps``, then constant (Ho et al. 2020) or cosine.
 
     ``progress`` ∈ [0, 1] is the share of the budget spent (steps, or wall-clock time with
-    ``--minutes``); the cosine decay is base_lr · ½(1 + cos(π·progress)), reaching 0 at the end.
+    ``--minutes``); the cosine decay is base_lr · (f + (1 − f)·½(1 + cos(π·progress))) with
+    f = ``final``, reaching f·base_lr at the end (f = 0: zero; PyTorch's ``CosineAnnealingLR`` with
+    ``eta_min`` = f·base_lr, as the DDGAN paper decays to 1e-5).
     """
     lr = base_lr if warmup_steps <= 0 else base_lr * min(1.0, (step + 1) / warmup_steps)
     if decay == "cosine":
-        lr *= 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        lr *= final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return lr
 
 

@@ -279,7 +279,7 @@ def fit(run_dir: Path, trainer: Trainer, *, train: TrainConfig, num_examples: in
                 for opt in trainer.optimizers.values():
                     for group in opt.param_groups:
                         group["lr"] = group.get("lr_scale", 1.0) * lr_at(   # lr_scale: a per-group ratio (DDGAN's D)
-                            step, train.lr, train.warmup_steps, train.lr_decay, trainer.progress)
+                            step, train.lr, train.warmup_steps, train.lr_decay, trainer.progress, train.lr_final)
                 torch.manual_seed(step_seed(train.seed, step, w.rank))     # dropout: exact on resume, per rank
                 with noise_mode():
                     terms = trainer.step(draw, noise_gen)
