@@ -169,7 +169,9 @@ def stale(result: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> st
         return f"it scored the weights of step {src.get('step')}, the run is at step {now}"
     if args.n is not None and result.get("n") != args.n:
         return f"it scored {result.get('n')} images, not --n {args.n}"
-    sets = len((result.get("repeats") or {}).get("seeds") or [None])
+    from trilemma.metrics.evaluate import repeat_sets
+
+    sets = repeat_sets(result)
     if getattr(args, "repeats", None) is not None and sets != args.repeats:
         return f"it scored {sets} set{'s' if sets > 1 else ''} of samples, not --repeats {args.repeats}"
     cached = src.get("sampling") or {}                 # {}: a run that uses no sampling options (GAN, VAE, …)

@@ -296,16 +296,16 @@ def format_summary(result: dict) -> str:
         f"feature network: {fn['name']} ({fn['objective']}, {acc_kind} {acc_text})",
         "",
     ]
-    sd = (result.get("repeats") or {}).get("sd") or {}
+    from trilemma.metrics.evaluate import repeat_sd
 
     def value(section: str, key: str, digits: int = 3) -> str:
         """The metric, with ± its sd over the sampling seeds when several were scored."""
         text = fmt(result[section][key], digits)
-        spread = sd.get(f"{section}.{key}")
+        spread = repeat_sd(result, f"{section}.{key}")
         return text if spread is None else f"{text} ± {spread:.{digits}f}"
 
     kid = f"{q['kid_mean']:.3f} ± {q['kid_std']:.3f}" if q["kid_mean"] is not None else "n/a"
-    if "quality.kid_mean" in sd:             # the spread that matters here is the one over the sampling seeds
+    if repeat_sd(result, "quality.kid_mean") is not None:   # then the spread over the sampling seeds is shown
         kid = value("quality", "kid_mean")
     score = (f"{q['classifier_score_mean']:.3f} ± {q['classifier_score_std']:.3f}"
              if q["classifier_score_mean"] is not None else "n/a")

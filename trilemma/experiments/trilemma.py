@@ -43,6 +43,7 @@ import torch
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
 from trilemma.experiments import check_settings, data_key
+from trilemma.metrics.report import metric_cell
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
@@ -233,6 +234,7 @@ def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: boo
     the diffusion rows the same sampling options: the VAE, GAN and DDGAN rows ignore them, so a change
     of the library's sampler defaults does not re-score those)."""
     from trilemma.metrics import evaluate_run
+    from trilemma.metrics.evaluate import repeat_sets
 
     options = cfg.sampling(row)
     cached = out / "evals" / f"{row}.json"
@@ -240,8 +242,8 @@ def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: boo
         result = read_json(cached)
         src = result.get("source", {})
         same_sampling = row not in DIFFUSION_ROWS or src.get("sampling") == options.to_dict()
-        sets = len((result.get("repeats") or {}).get("seeds") or [None])
-        if result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed and sets == cfg.repeats:
+        if (result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed
+                and repeat_sets(result) == cfg.repeats):
             say(f"trilemma: reusing {cached}")
             return result
     run = load_run(path, device=cfg.device)
@@ -274,13 +276,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _pm(result: dict[str, Any], section: str, key: str, digits: int = 3) -> str:
-    """A metric with ``± sd`` over the sampling seeds when several sets were scored (``--repeats``)."""
-    spread = ((result.get("repeats") or {}).get("sd") or {}).get(f"{section}.{key}")
-    text = _fmt(result[section][key], digits)
-    return text if spread is None or result[section][key] is None else f"{text} ± {spread:.{digits}f}"
-
-
 def results_table(results: dict[str, dict[str, Any]]) -> str:
     header = ["model", "sampling", "FID ↓", "KID ↓", "precision ↑", "recall ↑", "coverage ↑", "NFE ↓", "img/s ↑",
               "training budget"]
@@ -289,20 +284,23 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
         m = r["metrics"]
         q, c, sp = m["quality"], m["coverage"], m["speed"]
         lines.append("| " + " | ".join([
-            r["label"], r["sampling"], _pm(m, "quality", "fid", 2), _fmt(q["kid_mean"], 4),
-            _pm(m, "quality", "precision"), _pm(m, "coverage", "recall"), _pm(m, "coverage", "coverage"),
+            r["label"], r["sampling"], metric_cell(m, "quality", "fid", 2), _fmt(q["kid_mean"], 4),
+            metric_cell(m, "quality", "precision"), metric_cell(m, "coverage", "recall"),
+            metric_cell(m, "coverage", "coverage"),
             _fmt(sp.get("nfe")), _fmt(sp.get("images_per_s"), 1),
             r["budget_text"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def noise_note(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``" (within the sampling noise …)"`` when two rows' mean FIDs differ by less than their spread over seeds."""
-    sd_a = ((a.get("repeats") or {}).get("sd") or {}).get("quality.fid")
-    sd_b = ((b.get("repeats") or {}).get("sd") or {}).get("quality.fid")
+    """Whether two rows' mean FIDs differ by more than twice the standard error of the difference
+    (``""`` unless both were scored on several sample sets)."""
+    from trilemma.metrics.evaluate import repeat_sd, repeat_sets
+
+    sd_a, sd_b = repeat_sd(a, "quality.fid"), repeat_sd(b, "quality.fid")
     if sd_a is None or sd_b is None:
         return ""
-    k_a, k_b = len(a["repeats"]["seeds"]), len(b["repeats"]["seeds"])
+    k_a, k_b = repeat_sets(a), repeat_sets(b)
     se = math.sqrt(sd_a ** 2 / k_a + sd_b ** 2 / k_b)    # standard error of the difference of the two means
     diff = abs(a["quality"]["fid"] - b["quality"]["fid"])
     return (f" (mean ± sd over sampling seeds; the difference, {diff:.2f}, is "
@@ -323,7 +321,7 @@ def claims(results: dict[str, dict[str, Any]]) -> list[str]:
         dd, name = m[row], results[row]["label"]
         fid_dd, fid_gan = dd["quality"]["fid"], gan["quality"]["fid"]
         out.append(f"- **{name} ({dd['speed']['nfe']} NFE) {'beats' if fid_dd < fid_gan else 'does NOT beat'} the GAN "
-                   f"on FID**: {_pm(dd, 'quality', 'fid', 2)} vs {_pm(gan, 'quality', 'fid', 2)}"
+                   f"on FID**: {metric_cell(dd, 'quality', 'fid', 2)} vs {metric_cell(gan, 'quality', 'fid', 2)}"
                    f"{noise_note(dd, gan)}.")
         better = [k for k in ("recall", "coverage") if (dd["coverage"][k] or 0) > (gan["coverage"][k] or 0)]
         verdict = "holds" if len(better) == 2 else "holds in part" if better else "does NOT hold"

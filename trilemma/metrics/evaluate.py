@@ -304,6 +304,16 @@ def evaluate_run(run, n: int = DEFAULT_N, options=None, *, seed: int = 0, repeat
     return result
 
 
+def repeat_sets(result: dict[str, Any]) -> int:
+    """How many sample sets a result was scored on (1 without ``repeats``)."""
+    return len((result.get("repeats") or {}).get("seeds") or [None])
+
+
+def repeat_sd(result: dict[str, Any], key: str) -> float | None:
+    """The sd over the sample sets of metric ``key`` (``"quality.fid"`` …); ``None`` for one set."""
+    return ((result.get("repeats") or {}).get("sd") or {}).get(key)
+
+
 def combine_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from the scores of several sets of samples of one model (:func:`evaluate_run`'s ``repeats``).
 

@@ -15,8 +15,10 @@ def cell(value: Any, digits: int = 3) -> str:
 
 def metric_cell(result: dict, section: str, key: str, digits: int = 3) -> str:
     """A metric's cell: its value, and ``± sd`` over the sampling seeds when several were scored (``--repeats``)."""
+    from trilemma.metrics.evaluate import repeat_sd
+
     text = cell(result[section][key], digits)
-    spread = ((result.get("repeats") or {}).get("sd") or {}).get(f"{section}.{key}")
+    spread = repeat_sd(result, f"{section}.{key}")
     return text if spread is None or result[section][key] is None else f"{text} ± {spread:.{digits}f}"
 
 
