@@ -45,6 +45,31 @@ def test_the_latent_ddgan_is_half_as_wide_at_the_small_preset():
         assert count_parameters(make(net)) < ratio * count_parameters(make(full))              # D 0.13M of 0.51M
 
 
+def test_the_latent_ddgan_decays_its_rates_to_a_floor_only_on_long_budgets():
+    for preset in ("tiny", "small"):
+        assert "lr_decay" not in lddgan_options(preset) and "lr_decay" not in lddgan_options(preset, 49.9)
+        long = lddgan_options(preset, 50.0)
+        assert (long["lr_decay"], long["lr_final"]) == ("cosine", 0.25)
+        assert {k: v for k, v in long.items() if k not in ("lr_decay", "lr_final")} == lddgan_options(preset)
+
+
+@pytest.mark.parametrize("minutes, decayed", [(90.0, True), (60.0, False)])
+def test_the_experiment_gives_the_latent_ddgan_its_own_minutes_and_the_decay_they_call_for(
+        tmp_path, monkeypatch, minutes, decayed):
+    import trilemma.ddgan.train as ddgan_train
+    from trilemma.experiments.trilemma import train_run
+    from trilemma.utils.io import write_json
+
+    out = tmp_path / "tri"
+    write_json(out / "ae" / "state" / "trainer.json", {"step": 100, "elapsed_s": 30 * 60.0})   # a 30-minute autoencoder
+    seen = {}
+    monkeypatch.setattr(ddgan_train, "train_ddgan", lambda path, **options: seen.update(options))
+    train_run("lddgan", out, TrilemmaConfig(minutes=minutes, preset="small"), progress=False)
+    assert seen["minutes"] == pytest.approx(minutes - 30) and seen["autoencoder"] == out / "ae"
+    assert seen["base_channels"] == 16 and seen.get("lr_decay") == ("cosine" if decayed else None)
+    assert seen.get("lr_final") == (0.25 if decayed else None)
+
+
 def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tri"
     args = ["experiment", "trilemma", "--data", "digits", "--preset", "tiny", "--steps", "2", "--n", "30",
@@ -70,6 +95,7 @@ def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp
     assert lddgan["autoencoder"]["latent_shape"][0] > 1
     assert (lddgan["train"]["lr"], lddgan["ddgan"]["lr_d"], lddgan["ddgan"]["d_steps"]) == (6.4e-4, 1e-3, 2)
     assert (lddgan["ddgan"]["div_weight"], lddgan["ddgan"]["div_cap"]) == (1.0, 0.5)
+    assert (lddgan["train"]["lr_decay"], lddgan["train"]["lr_final"]) == ("constant", 0.0)   # --steps: no decay
     assert (lddgan["model"]["base_channels"], lddgan["model"]["d_channels"]) == (16, 8)   # `tiny` keeps its widths
     ddgan = json.loads((out / "ddgan" / "config.json").read_text())["ddgan"]
     assert (ddgan["d_steps"], ddgan["div_weight"]) == (1, 0.0)                # the paper's

@@ -67,21 +67,30 @@ LDDGAN_LR, LDDGAN_LR_D = 6.4e-4, 1e-3     # the latent DDGAN's G and D learning 
 LDDGAN_D_STEPS = 2                         # and its D updates per G update
 LDDGAN_DIV_WEIGHT = 1.0                    # and the weight of G's diversity term (its cap: the default 0.5)
 LDDGAN_WIDTHS = {"small": {"base_channels": 16, "d_channels": 16}}   # per preset: G and D at half the preset's width
+LDDGAN_DECAY = {"lr_decay": "cosine", "lr_final": 0.25}   # both rates by a cosine to a quarter over the budget,
+LDDGAN_DECAY_MINUTES = 50                                 # when the latent DDGAN's own --minutes are at least this
 
 
-def lddgan_options(preset: str) -> dict[str, Any]:
+def lddgan_options(preset: str, minutes: float | None = None) -> dict[str, Any]:
     """The latent DDGAN's training options beyond the shared ones, for the experiment's ``preset``.
 
     G's and D's learning rates, 2 D updates per G update and the diversity term at every preset; at
-    ``small`` (the CPU preset) also G and D at half the preset's widths. Measured on Fashion-MNIST
-    latents (docs/ddgan.md): half widths make about 2.2× the iterations and gave lower FIDs after 20, 40
-    and 50 minutes (two seeds) and after 80 (FID 23.3 and 22.7 against the full widths' 26.4; one score
-    at n = 2000 carries a sampling noise of ±1–1.5, and one run's checkpoints differ by as much again).
-    The other presets keep their widths (``tiny`` is for tests, ``base`` for a GPU, where this was not
-    measured).
+    ``small`` (the CPU preset) also G and D at half the preset's widths; and when the latent DDGAN's
+    own budget is at least ``LDDGAN_DECAY_MINUTES`` of wall clock (``minutes``; the experiment's
+    ``--minutes`` less the autoencoder's), both rates decayed by a cosine to a quarter of their values
+    over it. Measured on Fashion-MNIST latents (docs/ddgan.md): half widths make about 2.2× the
+    iterations and gave lower FIDs after 20, 40 and 50 minutes (two seeds) and after 80 (FID 23.3 and
+    22.7 against the full widths' 26.4; one score at n = 2000 carries a sampling noise of ±1–1.5, and
+    one run's checkpoints differ by as much again). The decay to a quarter (a decay to zero lost its
+    gains by the end) gave FID 15.6 ± 1.2 and 16.4 ± 1.5 after 80 minutes of its own (five sampling
+    seeds, two training seeds) against 24.3 and 22.2 with constant rates and the DCGAN's 21.0 after
+    90, and 22.5 and 25.7 against about 26.5 after 50; after 20 it was no better (43.9 and 36.5 against
+    36.9 and 39.0), so shorter budgets keep the constant rates. The other presets keep their widths
+    (``tiny`` is for tests, ``base`` for a GPU, where none of this was measured).
     """
+    decay = LDDGAN_DECAY if minutes is not None and minutes >= LDDGAN_DECAY_MINUTES else {}
     return {"lr": LDDGAN_LR, "lr_d": LDDGAN_LR_D, "d_steps": LDDGAN_D_STEPS, "div_weight": LDDGAN_DIV_WEIGHT,
-            **LDDGAN_WIDTHS.get(preset, {})}
+            **decay, **LDDGAN_WIDTHS.get(preset, {})}
 
 
 @dataclass(frozen=True)
@@ -198,8 +207,10 @@ def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path
         # update (better than 1 and 3 at equal minutes) and D's lr 1e-3 (better than 5e-4 and 2e-3); 20- and
         # 40-minute pilots: the diversity term μ = 1, τ = 0.5 (FID 34.6 against 46.0 at 40 minutes, two seeds),
         # then with it G and D at half the `small` widths (FID 36.3 against 51.3 at 20 minutes, 23.0 against
-        # 26.4 at 80, two seeds against one).
-        space = ({"autoencoder": out / "ae", **lddgan_options(cfg.preset)} if name == "lddgan"
+        # 26.4 at 80, two seeds against one); 50- and 80-minute runs: the cosine decay to a quarter of the
+        # rates (15.6 and 16.4 against 24.3 and 22.2 after 80, five sampling seeds each; no gain after 20).
+        space = ({"autoencoder": out / "ae", **lddgan_options(cfg.preset, budget.get("minutes"))}
+                 if name == "lddgan"
                  else {"data": cfg.data})
         train_ddgan(path, T=cfg.ddgan_T, **space, **common)
     return path
