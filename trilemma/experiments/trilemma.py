@@ -84,7 +84,7 @@ def lddgan_options(preset: str, minutes: float | None = None) -> dict[str, Any]:
     one run's checkpoints differ by as much again). The decay to a quarter (a decay to zero lost its
     gains by the end) gave FID 15.6 ± 1.2 and 16.4 ± 1.5 after 80 minutes of its own (five sampling
     seeds, two training seeds) against 24.3 and 22.2 with constant rates and the DCGAN's 21.0 after
-    90, and 22.5 and 25.7 against about 26.5 after 50; after 20 it was no better (43.9 and 36.5 against
+    90, and 22.5 and 25.7 against about 27 after 50; after 20 it was no better (43.9 and 36.5 against
     36.9 and 39.0), so shorter budgets keep the constant rates. The other presets keep their widths
     (``tiny`` is for tests, ``base`` for a GPU, where none of this was measured).
     """
