@@ -70,6 +70,45 @@ def test_the_experiment_gives_the_latent_ddgan_its_own_minutes_and_the_decay_the
     assert seen.get("lr_final") == (0.25 if decayed else None)
 
 
+def test_run_state_tells_a_finished_run_from_an_interrupted_one(tmp_path):
+    from trilemma.experiments import run_state
+    from trilemma.utils.io import write_json
+
+    run = tmp_path / "gan"
+    assert run_state(run) == "none"
+    write_json(run / "config.json", {"kind": "gan", "train": {"steps": None, "minutes": 2.0}})
+    assert run_state(run) == "started"
+    write_json(run / "state" / "trainer.json", {"step": 50, "elapsed_s": 61.0})   # a 10-minute checkpoint, Ctrl-C
+    assert run_state(run) == "interrupted"
+    write_json(run / "state" / "trainer.json", {"step": 99, "elapsed_s": 120.4})
+    assert run_state(run) == "finished"
+    write_json(run / "config.json", {"kind": "gan", "train": {"steps": 100, "minutes": None}})
+    assert run_state(run) == "interrupted"
+
+
+def test_an_interrupted_run_is_continued_not_reused(cache, tmp_path):
+    import dataclasses
+
+    from trilemma.experiments import run_state
+    from trilemma.experiments.trilemma import evaluate, train_run
+
+    out = tmp_path / "tri"
+    cfg = TrilemmaConfig(data="digits", preset="tiny", steps=2, n=30, batch_size=15, device="cpu")
+    run = out / "gan"
+    train_run("gan", out, cfg, progress=False)
+    assert evaluate("gan", run, out, cfg, progress=False)["source"]["step"] == 2      # cached in DIR/evals
+    # A checkpoint short of its budget, as Ctrl-C leaves one: the same run, with a 4-step budget.
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["steps"] = 4
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_state(run) == "interrupted"
+    train_run("gan", out, dataclasses.replace(cfg, steps=4), progress=False)
+    assert json.loads((run / "state" / "trainer.json").read_text())["step"] == 4 and run_state(run) == "finished"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
+    assert evaluate("gan", run, out, cfg, progress=False)["source"]["step"] == 4      # scored again, not reused
+
+
 def test_trilemma_end_to_end_then_a_rerun_reuses_runs_and_evaluations(cache, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tri"
     args = ["experiment", "trilemma", "--data", "digits", "--preset", "tiny", "--steps", "2", "--n", "30",

@@ -112,3 +112,17 @@ def test_vae_vs_gan_end_to_end(cache, tmp_path, capsys):
     code = main([str(a) for a in args[:-3]] + ["--vae", str(out / "gan"), "--out", str(tmp_path / "vg2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "--vae" in err[-1] and "not vae" in err[-1]
+
+
+def test_vae_vs_gan_continues_an_interrupted_run_instead_of_reusing_it(cache, tmp_path):
+    from trilemma.experiments import run_state
+    from trilemma.experiments.vae_vs_gan import VaeVsGanConfig, train_missing
+
+    run = tmp_path / "vg" / "vae"
+    train_missing("vae", run, VaeVsGanConfig(data="digits", preset="tiny", steps=2), progress=False)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["steps"] = 4                       # a checkpoint short of its budget, as Ctrl-C leaves one
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_state(run) == "interrupted"
+    train_missing("vae", run, VaeVsGanConfig(data="digits", preset="tiny", steps=4), progress=False)
+    assert json.loads((run / "state" / "trainer.json").read_text())["step"] == 4 and run_state(run) == "finished"

@@ -47,3 +47,27 @@ def check_settings(out: Path, experiment: str, settings: dict[str, Any]) -> None
                                 f"those settings or choose another --out")
         return
     write_json(file, settings)
+
+
+def run_state(path: Path) -> str:
+    """Where an experiment's run folder stands: ``"none"``, ``"started"`` (config, no checkpoint yet),
+    ``"interrupted"`` (a checkpoint short of the budget in its config.json) or ``"finished"``.
+
+    A checkpoint alone does not mean the run is done: the loop writes one every few minutes, so a run
+    stopped by Ctrl-C (or a killed process) has one too; reusing it as finished would compare a
+    partly trained model with fully trained ones. The budget is the config's ``steps`` (the step
+    reached) or ``minutes`` (the training time the checkpoint recorded).
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return "none"
+    if not (path / "state" / "trainer.json").is_file():
+        return "started"
+    train = read_json(path / "config.json").get("train", {})
+    state = read_json(path / "state" / "trainer.json")
+    if train.get("steps") is not None:
+        done = state.get("step", 0) >= train["steps"]
+    else:
+        done = train.get("minutes") is None or state.get("elapsed_s", 0.0) >= 60.0 * train["minutes"]
+    return "finished" if done else "interrupted"
+

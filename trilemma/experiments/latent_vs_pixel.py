@@ -126,10 +126,6 @@ class Clock:
 
 
 # ----------------------------------------------------------------------------------------- training
-def trained(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "state" / "trainer.json").is_file()
-
-
 def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, progress: bool) -> dict[str, Any]:
     """Train (or reuse) the autoencoder ``out``, encode the training set, score the reconstructions.
 

@@ -24,9 +24,10 @@ the difference is beyond twice its standard error.
 Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
 the numbers), ``DIR/results.json``, ``DIR/trilemma.png`` (FID against images/s on log axes,
 colour = recall, marker size = coverage, with a sample grid per model beside it) and
-``DIR/samples_<row>.png``. Re-running reuses finished runs (``state/trainer.json`` present; only with
-the same data, budget, preset and seed, recorded in ``DIR/settings.json``, else it is refused) and
-finished evaluations (``DIR/evals/<row>.json``, when made with the same n and seed, and for the
+``DIR/samples_<row>.png``. Re-running reuses finished runs and continues interrupted ones (a
+checkpoint short of the run's budget, as Ctrl-C leaves it: :func:`trilemma.experiments.run_state`),
+only with the same data, budget, preset and seed, recorded in ``DIR/settings.json`` (else it is
+refused), and reuses finished evaluations (``DIR/evals/<row>.json``, when made with the same n and seed, and for the
 diffusion rows the same sampling options).
 """
 
@@ -42,7 +43,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings, data_key
+from trilemma.experiments import check_settings, data_key, run_state
 from trilemma.metrics.report import metric_cell
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
@@ -159,61 +160,67 @@ class TrilemmaConfig:
 
 
 # ----------------------------------------------------------------------------------------- training
-def trained(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "state" / "trainer.json").is_file()
-
-
 def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path:
-    """Train ``DIR/<name>`` with its budget, unless a finished run is already there."""
+    """Train ``DIR/<name>`` with its budget: reuse a finished run, continue an interrupted one."""
     path = out / name
-    if trained(path):
+    state = run_state(path)
+    if state == "finished":
         say(f"trilemma: reusing the {name} run in {path}")
         return path
-    if (path / "config.json").exists():
-        raise TrilemmaError(f"{path} holds an unfinished run of an earlier attempt; remove it to train it again")
+    if state == "started":
+        raise TrilemmaError(f"{path} holds a run of an earlier attempt that stopped before its first checkpoint; "
+                            f"remove it to train it again")
     ae_minutes = None
     if name in LATENT and cfg.steps is None:
         ae_minutes = read_json(out / "ae" / "state" / "trainer.json")["elapsed_s"] / 60
     budget = cfg.budget(name, ae_minutes)
-    say(f"trilemma: training the {name} ({', '.join(f'{k} {v:.3g}' for k, v in budget.items())}) into {path}")
-    common = dict(preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **budget)
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in budget.items())
+    fn, options = trainer_of(name, out, cfg, budget)
+    if state == "interrupted":                     # the options are in its config.json; the budget is the same
+        say(f"trilemma: continuing the interrupted {name} run in {path} ({shown})")
+        fn(path, resume=True, progress=progress, **budget)
+    else:
+        say(f"trilemma: training the {name} ({shown}) into {path}")
+        fn(path, preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **budget, **options)
+    return path
+
+
+def trainer_of(name: str, out: Path, cfg: TrilemmaConfig, budget: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The training function of run ``name`` and its options beyond preset, seed, device and budget."""
     if name == "vae":
         from trilemma.vae.train import train_vae
 
-        train_vae(path, data=cfg.data, batch_size=128, lr=1e-3, **common)
-    elif name == "gan":
+        return train_vae, dict(data=cfg.data, batch_size=128, lr=1e-3)
+    if name == "gan":
         from trilemma.gan.train import train_gan
 
-        train_gan(path, data=cfg.data, batch_size=64, lr=2e-4, **common)
-    elif name == "ddpm":
+        return train_gan, dict(data=cfg.data, batch_size=64, lr=2e-4)
+    if name == "ddpm":
         from trilemma.ddpm.train import train_ddpm
 
-        train_ddpm(path, data=cfg.data, batch_size=128, lr=1e-3, **common)
-    elif name == "ae":
+        return train_ddpm, dict(data=cfg.data, batch_size=128, lr=1e-3)
+    if name == "ae":
+        from trilemma.autoencoder.phase import autoencoder_factor
         from trilemma.autoencoder.train import train_autoencoder
 
-        from trilemma.autoencoder.phase import autoencoder_factor
-
-        train_autoencoder(path, data=cfg.data, factor=autoencoder_factor(cfg.data), eval_n=min(cfg.n, 1000), **common)   # + scale, rFID
-    elif name == "ldm":
+        return train_autoencoder, dict(data=cfg.data, factor=autoencoder_factor(cfg.data),
+                                       eval_n=min(cfg.n, 1000))   # + scale, rFID
+    if name == "ldm":
         from trilemma.ldm.train import train_ldm
 
-        train_ldm(path, autoencoder=out / "ae", batch_size=128, lr=1e-3, **common)
-    else:
-        from trilemma.ddgan.train import train_ddgan
+        return train_ldm, dict(autoencoder=out / "ae", batch_size=128, lr=1e-3)
+    from trilemma.ddgan.train import train_ddgan
 
-        # Pixel space: the paper's settings. Latent space (6-minute pilots on Fashion-MNIST latents,
-        # docs/ddgan.md): G's lr 4× the paper's (6.4e-4, the best of 1×, 2×, 4×, 8×), 2 D updates per G
-        # update (better than 1 and 3 at equal minutes) and D's lr 1e-3 (better than 5e-4 and 2e-3); 20- and
-        # 40-minute pilots: the diversity term μ = 1, τ = 0.5 (FID 34.6 against 46.0 at 40 minutes, two seeds),
-        # then with it G and D at half the `small` widths (FID 36.3 against 51.3 at 20 minutes, 23.0 against
-        # 26.4 at 80, two seeds against one); 50- and 80-minute runs: the cosine decay to a quarter of the
-        # rates (15.6 and 16.4 against 24.3 and 22.2 after 80, five sampling seeds each; no gain after 20).
-        space = ({"autoencoder": out / "ae", **lddgan_options(cfg.preset, budget.get("minutes"))}
-                 if name == "lddgan"
-                 else {"data": cfg.data})
-        train_ddgan(path, T=cfg.ddgan_T, **space, **common)
-    return path
+    # Pixel space: the paper's settings. Latent space (6-minute pilots on Fashion-MNIST latents,
+    # docs/ddgan.md): G's lr 4× the paper's (6.4e-4, the best of 1×, 2×, 4×, 8×), 2 D updates per G
+    # update (better than 1 and 3 at equal minutes) and D's lr 1e-3 (better than 5e-4 and 2e-3); 20- and
+    # 40-minute pilots: the diversity term μ = 1, τ = 0.5 (FID 34.6 against 46.0 at 40 minutes, two seeds),
+    # then with it G and D at half the `small` widths (FID 36.3 against 51.3 at 20 minutes, 23.0 against
+    # 26.4 at 80, two seeds against one); 50- and 80-minute runs: the cosine decay to a quarter of the
+    # rates (15.6 and 16.4 against 24.3 and 22.2 after 80, five sampling seeds each; no gain after 20).
+    space = ({"autoencoder": out / "ae", **lddgan_options(cfg.preset, budget.get("minutes"))} if name == "lddgan"
+             else {"data": cfg.data})
+    return train_ddgan, dict(T=cfg.ddgan_T, **space)
 
 
 def training_budget(path: Path) -> dict[str, Any]:
@@ -241,9 +248,9 @@ def budget_text(budgets: list[dict[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------------------- scoring
 def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: bool) -> dict[str, Any]:
-    """The metrics of a row, cached as ``DIR/evals/<row>.json`` (reused with the same n, seed and repeats, and for
-    the diffusion rows the same sampling options: the VAE, GAN and DDGAN rows ignore them, so a change
-    of the library's sampler defaults does not re-score those)."""
+    """The metrics of a row, cached as ``DIR/evals/<row>.json`` (reused for the run's same step, with the same n,
+    seed and repeats, and for the diffusion rows the same sampling options: the VAE, GAN and DDGAN rows
+    ignore them, so a change of the library's sampler defaults does not re-score those)."""
     from trilemma.metrics import evaluate_run
     from trilemma.metrics.evaluate import repeat_sets
 
@@ -253,8 +260,9 @@ def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: boo
         result = read_json(cached)
         src = result.get("source", {})
         same_sampling = row not in DIFFUSION_ROWS or src.get("sampling") == options.to_dict()
+        step = read_json(path / "state" / "trainer.json").get("step")     # a continued run is scored again
         if (result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed
-                and repeat_sets(result) == cfg.repeats):
+                and repeat_sets(result) == cfg.repeats and src.get("step") == step):
             say(f"trilemma: reusing {cached}")
             return result
     run = load_run(path, device=cfg.device)

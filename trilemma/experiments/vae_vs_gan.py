@@ -36,7 +36,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings, data_key
+from trilemma.experiments import check_settings, data_key, run_state
 from trilemma.experiments.sharpness import sharpness_summary
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
@@ -82,28 +82,37 @@ class VaeVsGanConfig:
 
 
 def train_missing(name: str, out: Path, cfg: VaeVsGanConfig, progress: bool) -> Path:
-    """``out`` (= DIR/<model>) trained with the budget, unless it already holds a trained run."""
-    if (out / "config.json").is_file():
-        if not (out / "state" / "trainer.json").is_file():
-            raise TrilemmaError(f"{out} holds an unfinished run without a checkpoint; remove it or pass --{name} RUN")
+    """``out`` (= DIR/<model>) trained with the budget: a finished run is reused, an interrupted one continued."""
+    state = run_state(out)
+    if state == "started":
+        raise TrilemmaError(f"{out} holds an unfinished run without a checkpoint; remove it or pass --{name} RUN")
+    if state == "finished":
         say(f"vae-vs-gan: reusing the {name} run in {out}")
         return out
-    common = dict(data=cfg.data, preset=cfg.preset, progress=progress, **cfg.budget)
-    overrides = dict(seed=cfg.seed, device=cfg.device)
+    fn, options = _trainer(name)
+    if state == "interrupted":                     # its options are in its config.json; the budget is the same
+        say(f"vae-vs-gan: continuing the interrupted {name} run in {out}")
+        fn(out, resume=True, progress=progress, **cfg.budget)
+        return out
     say(f"vae-vs-gan: training the {name} ({', '.join(f'{k} {v}' for k, v in cfg.budget.items())}) into {out}")
+    fn(out, data=cfg.data, preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **cfg.budget,
+       **options)
+    return out
+
+
+def _trainer(name: str) -> tuple[Any, dict[str, Any]]:
+    """The training function of model ``name`` and its options beyond data, preset, seed, device and budget."""
     if name == "vae":
         from trilemma.vae.train import train_vae
 
-        train_vae(out, batch_size=128, lr=1e-3, **overrides, **common)
-    elif name == "gan":
+        return train_vae, dict(batch_size=128, lr=1e-3)
+    if name == "gan":
         from trilemma.gan.train import train_gan
 
-        train_gan(out, batch_size=64, lr=2e-4, **overrides, **common)
-    else:
-        from trilemma.ddpm.train import train_ddpm
+        return train_gan, dict(batch_size=64, lr=2e-4)
+    from trilemma.ddpm.train import train_ddpm
 
-        train_ddpm(out, batch_size=128, lr=1e-3, **{**overrides, "sample_every": 1000}, **common)
-    return out
+    return train_ddpm, dict(batch_size=128, lr=1e-3, sample_every=1000)
 
 
 def training_budget(path: Path) -> dict[str, Any]:
@@ -134,7 +143,7 @@ def budget_text(b: dict[str, Any]) -> str:
 
 
 def evaluate(path: Path, options: SampleOptions, cfg: VaeVsGanConfig, progress: bool) -> dict[str, Any]:
-    """The trilemma metrics of a run (``RUN/eval.json`` reused when it was made with the same n and sampling)."""
+    """The trilemma metrics of a run (``RUN/eval.json`` reused when made at its step with the same n and sampling)."""
     from trilemma.metrics import evaluate_run
     from trilemma.metrics.evaluate import EVAL_FILE
 
@@ -143,8 +152,10 @@ def evaluate(path: Path, options: SampleOptions, cfg: VaeVsGanConfig, progress: 
     if cached.is_file():
         result = read_json(cached)
         src = result.get("source", {})
+        state = path / "state" / "trainer.json"
+        step = read_json(state).get("step") if state.is_file() else None   # a continued run is scored again
         if (result.get("n") == cfg.n and src.get("sampling") == run.sampling_record(options)
-                and src.get("seed") == cfg.seed):
+                and src.get("seed") == cfg.seed and src.get("step") == step):
             say(f"vae-vs-gan: reusing {cached}")
             return result
     say(f"vae-vs-gan: scoring {cfg.n} samples of {path} ({run.describe(options)})")
