@@ -27,8 +27,8 @@ colour = recall, marker size = coverage, with a sample grid per model beside it)
 ``DIR/samples_<row>.png``. Re-running reuses finished runs and continues interrupted ones (a
 checkpoint short of the run's budget, as Ctrl-C leaves it: :func:`trilemma.experiments.run_state`),
 only with the same data, budget, preset and seed, recorded in ``DIR/settings.json`` (else it is
-refused), and reuses finished evaluations (``DIR/evals/<row>.json``, when made with the same n and seed, and for the
-diffusion rows the same sampling options).
+refused), and reuses finished evaluations (``DIR/evals/<row>.json``, when made at the run's step with
+the same n and seed, and for the diffusion rows the same sampling options).
 """
 
 from __future__ import annotations
