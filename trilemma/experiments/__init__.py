@@ -58,13 +58,15 @@ def run_state(path: Path) -> str:
     partly trained model with fully trained ones. The budget is the config's ``steps`` (the step
     reached) or ``minutes`` (the training time the checkpoint recorded).
     """
+    from trilemma.train.rundir import checkpoint_info, has_checkpoint
+
     path = Path(path)
     if not (path / "config.json").is_file():
         return "none"
-    if not (path / "state" / "trainer.json").is_file():
+    if not has_checkpoint(path):
         return "started"
     train = read_json(path / "config.json").get("train", {})
-    state = read_json(path / "state" / "trainer.json")
+    state = checkpoint_info(path)
     if train.get("steps") is not None:
         done = state.get("step", 0) >= train["steps"]
     else:

@@ -47,7 +47,7 @@ from trilemma.experiments import check_settings, data_key, run_state
 from trilemma.metrics.report import metric_cell
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
-from trilemma.run import SampleOptions, read_run_config
+from trilemma.run import SampleOptions, read_run_config, weights_step
 from trilemma.utils.console import say
 from trilemma.utils.device import pick_device
 from trilemma.utils.io import read_json, write_json
@@ -260,9 +260,8 @@ def evaluate(row: str, path: Path, out: Path, cfg: TrilemmaConfig, progress: boo
         result = read_json(cached)
         src = result.get("source", {})
         same_sampling = row not in DIFFUSION_ROWS or src.get("sampling") == options.to_dict()
-        step = read_json(path / "state" / "trainer.json").get("step")     # a continued run is scored again
         if (result.get("n") == cfg.n and same_sampling and src.get("seed") == cfg.seed
-                and repeat_sets(result) == cfg.repeats and src.get("step") == step):
+                and repeat_sets(result) == cfg.repeats and src.get("step") == weights_step(path)):
             say(f"trilemma: reusing {cached}")
             return result
     run = load_run(path, device=cfg.device)

@@ -40,7 +40,7 @@ from trilemma.experiments import check_settings, data_key, run_state
 from trilemma.experiments.sharpness import sharpness_summary
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
-from trilemma.run import SampleOptions, read_run_config
+from trilemma.run import SampleOptions, read_run_config, weights_step
 from trilemma.utils.console import say
 from trilemma.utils.device import pick_device
 from trilemma.utils.io import read_json, write_json
@@ -152,10 +152,8 @@ def evaluate(path: Path, options: SampleOptions, cfg: VaeVsGanConfig, progress: 
     if cached.is_file():
         result = read_json(cached)
         src = result.get("source", {})
-        state = path / "state" / "trainer.json"
-        step = read_json(state).get("step") if state.is_file() else None   # a continued run is scored again
         if (result.get("n") == cfg.n and src.get("sampling") == run.sampling_record(options)
-                and src.get("seed") == cfg.seed and src.get("step") == step):
+                and src.get("seed") == cfg.seed and src.get("step") == weights_step(path)):
             say(f"vae-vs-gan: reusing {cached}")
             return result
     say(f"vae-vs-gan: scoring {cfg.n} samples of {path} ({run.describe(options)})")
