@@ -20,3 +20,16 @@ class RunError(TrilemmaError):
 
 class CacheError(TrilemmaError):
     """``$TRILEMMA_CACHE`` (or the default cache folder) cannot hold the cache; optional caches catch it."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a training inside a command that trains several runs (an experiment).
+
+    The trainer saved its checkpoint before returning; the command stops there instead of going on to
+    its next run. The CLI prints ``trilemma: <message>`` and exits with 130 (143 for SIGTERM), as
+    ``trilemma train`` does. Not a :class:`TrilemmaError`: nothing was wrong with the input.
+    """
+
+    def __init__(self, message: str, signal: str | None = None):
+        super().__init__(message)
+        self.signal = signal

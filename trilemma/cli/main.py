@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from trilemma.cli.common import Parser
-from trilemma.errors import TrilemmaError
+from trilemma.errors import Interrupted, TrilemmaError
 
 # One module per top-level command, in the order --help lists them.
 COMMAND_MODULES = (
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrilemmaError as e:
         print(f"trilemma: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:                      # an experiment's training stopped by Ctrl-C/SIGTERM, saved
+        print(f"trilemma: {e}", file=sys.stderr)
+        return 143 if e.signal == "SIGTERM" else 130
     except KeyboardInterrupt:
         print("trilemma: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,8 @@ Their command-line options are declared in :mod:`trilemma.cli.experiment`; each 
 ``main(args)`` does the work.
 Options left unset fall back to the defaults of the experiment's config dataclass. A folder's
 runs are reused by a re-run only with the same training settings (:func:`check_settings`).
+Ctrl-C (or SIGTERM) during a training stops the whole experiment once that run's checkpoint is saved
+(:func:`stop_if_interrupted`; exit code 130, 143 for SIGTERM); running the same command again continues it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trilemma.data.config import data_key  # noqa: F401 - the experiments record datasets with it
-from trilemma.errors import TrilemmaError
+from trilemma.errors import Interrupted, TrilemmaError
 from trilemma.utils.io import read_json, write_json
 
 SETTINGS_FILE = "settings.json"   # the settings an experiment folder's runs were trained with
@@ -73,3 +75,19 @@ def run_state(path: Path) -> str:
         done = train.get("minutes") is None or state.get("elapsed_s", 0.0) >= 60.0 * train["minutes"]
     return "finished" if done else "interrupted"
 
+
+
+def stop_if_interrupted(result: Any) -> None:
+    """Raise :class:`~trilemma.errors.Interrupted` when a training call returned stopped by Ctrl-C or SIGTERM.
+
+    On the first Ctrl-C (or SIGTERM) a trainer saves a checkpoint and *returns* its ``FitResult`` with
+    ``interrupted`` set, which is right for ``trilemma train``; an experiment that went on would train
+    its next model although the user asked it to stop, or record the partly trained run as finished.
+    Call this after every training call of an experiment, before anything is built on its run: a re-run
+    of the same command then continues the run (:func:`run_state` reads it as ``"interrupted"``).
+    """
+    if result is None or not getattr(result, "interrupted", False):
+        return
+    how = "SIGTERM" if result.signal == "SIGTERM" else "interrupted"
+    raise Interrupted(f"{how} at step {result.step}; checkpoint saved in {result.run_dir}; run the same command "
+                      f"again to continue", signal=result.signal)

@@ -22,7 +22,9 @@ The paper trains for 1, 10 and 25 epochs on a GPU. The defaults here (1, 3 and 1
 epochs of Fashion-MNIST, ``small`` preset, 4,000 D steps measured every 20) take
 an estimated 15 minutes on two free CPU cores; ``--epochs 1 10 25`` reproduces the paper's
 schedule on a GPU. G and D run in training mode (BatchNorm batch statistics),
-as they do while the GAN trains.
+as they do while the GAN trains. Ctrl-C during the DCGAN's training stops the experiment
+once its checkpoint is saved (no snapshot is taken of it); running the same command again
+continues the same run to the snapshot's epochs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
+from trilemma.experiments import stop_if_interrupted
 from trilemma.gan.losses import GENERATOR_COSTS, discriminator_accuracy
 from trilemma.gan.networks import Discriminator
 from trilemma.gan.train import discriminator_step, generator_gradient_norms, train_gan
@@ -95,11 +98,11 @@ def train_snapshots(cfg: GanGradientsConfig, out: Path, progress: bool = True) -
             if progress:
                 say(f"gan-gradients: training the DCGAN to {epochs:g} epochs ({steps} steps of {cfg.batch_size})")
             if 0 < done < steps:                                         # continue the same run
-                train_gan(run, steps=steps, resume=True, progress=progress)
+                stop_if_interrupted(train_gan(run, steps=steps, resume=True, progress=progress))
             elif done == 0:
-                train_gan(run, data=cfg.data, preset=cfg.preset, steps=steps, batch_size=cfg.batch_size,
-                          g_loss=cfg.g_loss, progress=progress, seed=cfg.seed, device=cfg.device,
-                          checkpoint_every=10**9)
+                stop_if_interrupted(train_gan(run, data=cfg.data, preset=cfg.preset, steps=steps,
+                                              batch_size=cfg.batch_size, g_loss=cfg.g_loss, progress=progress,
+                                              seed=cfg.seed, device=cfg.device, checkpoint_every=10**9))
             snap.mkdir(parents=True, exist_ok=True)
             for name in SNAPSHOT_FILES:
                 shutil.copy2(run / name, snap / name)

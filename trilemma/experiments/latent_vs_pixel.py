@@ -15,7 +15,9 @@ the autoencoder's reconstructions of the test set (the ceiling any latent model 
 and the decoder of Gaussian latents (the latent space without a diffusion prior). Every
 phase is timed twice — wall clock and the process's CPU time — because wall-clock rates on
 a shared machine measure the neighbours as much as the model; with one thread the CPU-time
-rates are what the hardware delivers to this process.
+rates are what the hardware delivers to this process. Ctrl-C stops the experiment once the phase in
+training has saved its checkpoint (its clocks so far go to ``phase_partial.json``); running the same
+command again continues that phase and adds up its clocks.
 
 Also measured: the **autoencoder factor sweep** (``--sweep-factors``, each trained for
 ``--ae-minutes``: PSNR and reconstruction FID), and a **speed sweep over image sizes**
@@ -42,7 +44,7 @@ from trilemma.autoencoder.config import preset as ae_preset
 from trilemma.autoencoder.networks import Autoencoder
 from trilemma.data import load_dataset, to_uint8
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings, data_key
+from trilemma.experiments import check_settings, data_key, run_state, stop_if_interrupted
 from trilemma.ldm.config import latent_unet_preset
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.nets.unet import UNet, count_parameters
@@ -126,6 +128,45 @@ class Clock:
 
 
 # ----------------------------------------------------------------------------------------- training
+PARTIAL_CLOCK = "phase_partial.json"   # a phase's clocks up to its interruption (a re-run adds to them)
+
+
+def fit_phase(out: Path, what: str, budget: dict[str, Any], fn: Callable[..., Any], progress: bool,
+              options: dict[str, Any]) -> tuple[Any, Clock]:
+    """Train ``out`` with ``fn`` (a trainer: new run with ``options``, or continue an interrupted one).
+
+    Returns the ``FitResult`` and the phase's clocks, summed over the sessions that trained it: on
+    Ctrl-C/SIGTERM the trainer saves its checkpoint, the clocks so far go to ``out/phase_partial.json``
+    and :class:`~trilemma.errors.Interrupted` stops the experiment; a re-run continues the run and adds
+    its clocks. A run stopped any other way (killed: no recorded clocks) or one that finished without
+    its ``phase.json`` cannot be timed honestly and is refused with what to remove.
+    """
+    state = run_state(out)
+    partial = out / PARTIAL_CLOCK
+    if state == "interrupted" and partial.is_file():
+        before = read_json(partial)
+        say(f"latent-vs-pixel: continuing the interrupted {what} in {out} ({_budget_text(budget)})")
+        with Clock() as clock:
+            result = fn(out, resume=True, progress=progress, **budget)
+        clock.wall_s += before["wall_s"]
+        clock.cpu_s += before["cpu_s"]
+    elif state == "none":
+        say(f"latent-vs-pixel: training {what} ({_budget_text(budget)}) into {out}")
+        with Clock() as clock:
+            result = fn(out, progress=progress, **options, **budget)
+    elif state == "finished":
+        raise TrilemmaError(f"{out} holds a finished run of an earlier attempt without its phase.json (stopped "
+                            f"after training); remove it to train it again")
+    else:
+        raise TrilemmaError(f"{out} holds a run of an earlier attempt that was not stopped by Ctrl-C (its CPU "
+                            f"time is unknown); remove it to train it again")
+    if result.interrupted:
+        write_json(partial, clock.to_dict())
+    stop_if_interrupted(result)
+    partial.unlink(missing_ok=True)
+    return result, clock
+
+
 def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, progress: bool) -> dict[str, Any]:
     """Train (or reuse) the autoencoder ``out``, encode the training set, score the reconstructions.
 
@@ -140,14 +181,11 @@ def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, pr
     if info_path.is_file() and (out / RECON_FILE).is_file():
         say(f"latent-vs-pixel: reusing the autoencoder in {out}")
         return read_json(info_path)
-    if (out / "config.json").exists():
-        raise TrilemmaError(f"{out} holds an unfinished run of an earlier attempt; remove it to train it again")
     budget = {"steps": cfg.ae_steps} if cfg.ae_steps is not None else {"minutes": cfg.autoencoder_minutes}
-    say(f"latent-vs-pixel: training the f = {factor} autoencoder ({_budget_text(budget)}) into {out}")
-    with Clock() as fit_clock:
-        result = train_autoencoder(out, data=cfg.data, preset=cfg.preset, factor=factor,
-                                   latent_channels=cfg.latent_channels, progress=progress, evaluate=False,
-                                   **dict(seed=cfg.seed, device=cfg.device, sample_every=0), **budget)
+    result, fit_clock = fit_phase(
+        out, f"the f = {factor} autoencoder", budget, train_autoencoder, progress,
+        dict(data=cfg.data, preset=cfg.preset, factor=factor, latent_channels=cfg.latent_channels, evaluate=False,
+             seed=cfg.seed, device=cfg.device, sample_every=0))
     with Clock() as encode_clock:
         run = load_autoencoder(out, device=cfg.device)
         cached_latents(run, load_dataset(run.data_config, "train"), progress=progress)
@@ -171,21 +209,16 @@ def train_diffusion_phase(name: str, out: Path, cfg: LatentVsPixelConfig, budget
     if info_path.is_file():
         say(f"latent-vs-pixel: reusing the {name} run in {out}")
         return read_json(info_path)
-    if (out / "config.json").exists():
-        raise TrilemmaError(f"{out} holds an unfinished run of an earlier attempt; remove it to train it again")
-    say(f"latent-vs-pixel: training the {name} DDPM ({_budget_text(budget)}) into {out}")
-    overrides = dict(seed=cfg.seed, device=cfg.device, sample_every=0)
-    with Clock() as clock:
-        if autoencoder is None:
-            from trilemma.ddpm.train import train_ddpm
+    options = dict(preset=cfg.preset, batch_size=BATCH, lr=LR, seed=cfg.seed, device=cfg.device, sample_every=0)
+    if autoencoder is None:
+        from trilemma.ddpm.train import train_ddpm as fn
 
-            result = train_ddpm(out, data=cfg.data, preset=cfg.preset, batch_size=BATCH, lr=LR, progress=progress,
-                                **overrides, **budget)
-        else:
-            from trilemma.ldm.train import train_ldm
+        options["data"] = cfg.data
+    else:
+        from trilemma.ldm.train import train_ldm as fn
 
-            result = train_ldm(out, autoencoder=autoencoder, preset=cfg.preset, batch_size=BATCH, lr=LR,
-                               progress=progress, **overrides, **budget)
+        options["autoencoder"] = autoencoder
+    result, clock = fit_phase(out, f"the {name} DDPM", budget, fn, progress, options)
     info = {"steps": result.step, "batch_size": BATCH, "train_wall_s": result.elapsed_s, "train_cpu_s": clock.cpu_s,
             "call_wall_s": clock.wall_s}
     write_json(info_path, info)

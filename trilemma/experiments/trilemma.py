@@ -24,7 +24,8 @@ the difference is beyond twice its standard error.
 Outputs: ``DIR/trilemma.md`` (one row per model, and the paper's claims for DDGAN checked against
 the numbers), ``DIR/results.json``, ``DIR/trilemma.png`` (FID against images/s on log axes,
 colour = recall, marker size = coverage, with a sample grid per model beside it) and
-``DIR/samples_<row>.png``. Re-running reuses finished runs and continues interrupted ones (a
+``DIR/samples_<row>.png``. Ctrl-C stops the experiment after the run in training has saved its
+checkpoint. Re-running reuses finished runs and continues interrupted ones (a
 checkpoint short of the run's budget, as Ctrl-C leaves it: :func:`trilemma.experiments.run_state`),
 only with the same data, budget, preset and seed, recorded in ``DIR/settings.json`` (else it is
 refused), and reuses finished evaluations (``DIR/evals/<row>.json``, when made at the run's step with
@@ -43,7 +44,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings, data_key, run_state
+from trilemma.experiments import check_settings, data_key, run_state, stop_if_interrupted
 from trilemma.metrics.report import metric_cell
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
@@ -178,10 +179,11 @@ def train_run(name: str, out: Path, cfg: TrilemmaConfig, progress: bool) -> Path
     fn, options = trainer_of(name, out, cfg, budget)
     if state == "interrupted":                     # the options are in its config.json; the budget is the same
         say(f"trilemma: continuing the interrupted {name} run in {path} ({shown})")
-        fn(path, resume=True, progress=progress, **budget)
+        result = fn(path, resume=True, progress=progress, **budget)
     else:
         say(f"trilemma: training the {name} ({shown}) into {path}")
-        fn(path, preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **budget, **options)
+        result = fn(path, preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **budget, **options)
+    stop_if_interrupted(result)                    # Ctrl-C: stop the experiment here; a re-run continues the run
     return path
 
 

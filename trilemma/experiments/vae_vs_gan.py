@@ -36,7 +36,7 @@ import torch
 
 from trilemma.data import load_dataset
 from trilemma.errors import TrilemmaError
-from trilemma.experiments import check_settings, data_key, run_state
+from trilemma.experiments import check_settings, data_key, run_state, stop_if_interrupted
 from trilemma.experiments.sharpness import sharpness_summary
 from trilemma.metrics.evaluate import MIN_IMAGES
 from trilemma.registry import load_run
@@ -92,11 +92,11 @@ def train_missing(name: str, out: Path, cfg: VaeVsGanConfig, progress: bool) -> 
     fn, options = _trainer(name)
     if state == "interrupted":                     # its options are in its config.json; the budget is the same
         say(f"vae-vs-gan: continuing the interrupted {name} run in {out}")
-        fn(out, resume=True, progress=progress, **cfg.budget)
+        stop_if_interrupted(fn(out, resume=True, progress=progress, **cfg.budget))
         return out
     say(f"vae-vs-gan: training the {name} ({', '.join(f'{k} {v}' for k, v in cfg.budget.items())}) into {out}")
-    fn(out, data=cfg.data, preset=cfg.preset, progress=progress, seed=cfg.seed, device=cfg.device, **cfg.budget,
-       **options)
+    stop_if_interrupted(fn(out, data=cfg.data, preset=cfg.preset, progress=progress, seed=cfg.seed,
+                           device=cfg.device, **cfg.budget, **options))   # Ctrl-C: stop; a re-run continues it
     return out
 
 
