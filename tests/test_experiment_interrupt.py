@@ -100,7 +100,7 @@ def test_gan_gradients_takes_no_snapshot_of_an_interrupted_training(tmp_path, ct
 
 
 def test_latent_vs_pixel_phase_continues_with_its_clocks_summed(tmp_path, ctrl_c):
-    from trilemma.experiments.latent_vs_pixel import PARTIAL_CLOCK, LatentVsPixelConfig, train_diffusion_phase
+    from trilemma.experiments.latent_vs_pixel import FIT_FILE, LatentVsPixelConfig, train_diffusion_phase
 
     run = tmp_path / "pixel"
     cfg = LatentVsPixelConfig(data="digits", preset="tiny", device="cpu")
@@ -108,26 +108,43 @@ def test_latent_vs_pixel_phase_continues_with_its_clocks_summed(tmp_path, ctrl_c
     with pytest.raises(Interrupted):
         train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
     assert not (run / "phase.json").exists() and run_state(run) == "interrupted"
-    before = json.loads((run / PARTIAL_CLOCK).read_text())
-    assert before["cpu_s"] > 0 and before["wall_s"] > 0
+    before = json.loads((run / FIT_FILE).read_text())
+    assert before["cpu_s"] > 0 and before["wall_s"] > 0 and 0 < before["step"] < 6
     ctrl_c.off()
     info = train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
-    assert info["steps"] == 6 and not (run / PARTIAL_CLOCK).exists()
+    assert info["steps"] == 6 and not (run / FIT_FILE).exists()
     assert info["train_cpu_s"] > before["cpu_s"] and info["call_wall_s"] > before["wall_s"]
+    assert info["train_wall_s"] > before["elapsed_s"]                      # the loop's clock, carried over
     steps = steps_of(run)
     assert steps == sorted(set(steps)) and steps[-1] == 6
     assert train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False) == info     # reused
 
 
+def test_latent_vs_pixel_keeps_a_finished_training_stopped_before_its_record(tmp_path):
+    from trilemma.ddpm.train import train_ddpm
+    from trilemma.experiments.latent_vs_pixel import FIT_FILE, LatentVsPixelConfig, fit_phase, train_diffusion_phase
+
+    run = tmp_path / "pixel"
+    cfg = LatentVsPixelConfig(data="digits", preset="tiny", device="cpu")
+    # trained, then stopped before phase.json was written (Ctrl-C outside the loop, or a crash after it)
+    fit = fit_phase(run, "the pixel DDPM", {"steps": 3}, train_ddpm, False,
+                    dict(data="digits", preset="tiny", device="cpu", sample_every=0))
+    assert json.loads((run / FIT_FILE).read_text()) == fit and run_state(run) == "finished"
+    lines = (run / "metrics.jsonl").read_text()
+    info = train_diffusion_phase("pixel", run, cfg, {"steps": 3}, progress=False)
+    assert (run / "metrics.jsonl").read_text() == lines                    # not trained again
+    assert (info["steps"], info["train_cpu_s"], info["call_wall_s"]) == (3, fit["cpu_s"], fit["wall_s"])
+
+
 def test_latent_vs_pixel_refuses_a_run_stopped_without_its_clocks(tmp_path, ctrl_c):
-    from trilemma.experiments.latent_vs_pixel import PARTIAL_CLOCK, LatentVsPixelConfig, train_diffusion_phase
+    from trilemma.experiments.latent_vs_pixel import FIT_FILE, LatentVsPixelConfig, train_diffusion_phase
 
     run = tmp_path / "pixel"
     cfg = LatentVsPixelConfig(data="digits", preset="tiny", device="cpu")
     ctrl_c(call=1)
     with pytest.raises(Interrupted):
         train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
-    (run / PARTIAL_CLOCK).unlink()                         # as a killed process leaves it: a checkpoint, no clocks
+    (run / FIT_FILE).unlink()                              # as a killed process leaves it: a checkpoint, no clocks
     ctrl_c.off()
     with pytest.raises(TrilemmaError, match=r"CPU time is unknown\); remove it"):
         train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)

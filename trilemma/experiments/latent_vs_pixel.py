@@ -16,8 +16,8 @@ and the decoder of Gaussian latents (the latent space without a diffusion prior)
 phase is timed twice — wall clock and the process's CPU time — because wall-clock rates on
 a shared machine measure the neighbours as much as the model; with one thread the CPU-time
 rates are what the hardware delivers to this process. Ctrl-C stops the experiment once the phase in
-training has saved its checkpoint (its clocks so far go to ``phase_partial.json``); running the same
-command again continues that phase and adds up its clocks.
+training has saved its checkpoint; running the same command again continues that phase and adds up
+its clocks (kept in ``phase_fit.json`` until the phase is recorded).
 
 Also measured: the **autoencoder factor sweep** (``--sweep-factors``, each trained for
 ``--ae-minutes``: PSNR and reconstruction FID), and a **speed sweep over image sizes**
@@ -51,6 +51,7 @@ from trilemma.nets.unet import UNet, count_parameters
 from trilemma.nets.unet import preset as unet_preset
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions, read_run_config
+from trilemma.train.rundir import checkpoint_info
 from trilemma.utils.console import say
 from trilemma.utils.device import pick_device
 from trilemma.utils.io import read_json, write_json
@@ -128,43 +129,44 @@ class Clock:
 
 
 # ----------------------------------------------------------------------------------------- training
-PARTIAL_CLOCK = "phase_partial.json"   # a phase's clocks up to its interruption (a re-run adds to them)
+FIT_FILE = "phase_fit.json"   # a phase's training so far: step, elapsed_s and its clocks, summed over sessions
 
 
 def fit_phase(out: Path, what: str, budget: dict[str, Any], fn: Callable[..., Any], progress: bool,
-              options: dict[str, Any]) -> tuple[Any, Clock]:
+              options: dict[str, Any]) -> dict[str, Any]:
     """Train ``out`` with ``fn`` (a trainer: new run with ``options``, or continue an interrupted one).
 
-    Returns the ``FitResult`` and the phase's clocks, summed over the sessions that trained it: on
-    Ctrl-C/SIGTERM the trainer saves its checkpoint, the clocks so far go to ``out/phase_partial.json``
-    and :class:`~trilemma.errors.Interrupted` stops the experiment; a re-run continues the run and adds
-    its clocks. A run stopped any other way (killed: no recorded clocks) or one that finished without
-    its ``phase.json`` cannot be timed honestly and is refused with what to remove.
+    Returns ``{"step", "elapsed_s", "wall_s", "cpu_s"}``: the training's step and loop time, and the
+    phase's wall and CPU clocks summed over the sessions that trained it, also kept in
+    ``out/phase_fit.json`` (the caller removes it once its ``phase.json`` is written). On
+    Ctrl-C/SIGTERM the trainer saves its checkpoint, the file records the clocks so far and
+    :class:`~trilemma.errors.Interrupted` stops the experiment; a re-run continues the run and adds its
+    clocks, or, when the training had finished (stopped later, e.g. while encoding), takes the file as
+    it is. A run stopped without the file (a killed process) cannot be timed honestly and is refused
+    with what to remove.
     """
     state = run_state(out)
-    partial = out / PARTIAL_CLOCK
-    if state == "interrupted" and partial.is_file():
-        before = read_json(partial)
+    file = out / FIT_FILE
+    before = read_json(file) if file.is_file() else None
+    if state == "finished" and before is not None and before["step"] == checkpoint_info(out).get("step"):
+        return before
+    if state == "interrupted" and before is not None:
         say(f"latent-vs-pixel: continuing the interrupted {what} in {out} ({_budget_text(budget)})")
         with Clock() as clock:
             result = fn(out, resume=True, progress=progress, **budget)
-        clock.wall_s += before["wall_s"]
-        clock.cpu_s += before["cpu_s"]
     elif state == "none":
         say(f"latent-vs-pixel: training {what} ({_budget_text(budget)}) into {out}")
+        before = {"wall_s": 0.0, "cpu_s": 0.0}
         with Clock() as clock:
             result = fn(out, progress=progress, **options, **budget)
-    elif state == "finished":
-        raise TrilemmaError(f"{out} holds a finished run of an earlier attempt without its phase.json (stopped "
-                            f"after training); remove it to train it again")
     else:
         raise TrilemmaError(f"{out} holds a run of an earlier attempt that was not stopped by Ctrl-C (its CPU "
                             f"time is unknown); remove it to train it again")
-    if result.interrupted:
-        write_json(partial, clock.to_dict())
+    fit = {"step": result.step, "elapsed_s": result.elapsed_s, "wall_s": before["wall_s"] + clock.wall_s,
+           "cpu_s": before["cpu_s"] + clock.cpu_s}
+    write_json(file, fit)
     stop_if_interrupted(result)
-    partial.unlink(missing_ok=True)
-    return result, clock
+    return fit
 
 
 def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, progress: bool) -> dict[str, Any]:
@@ -182,19 +184,19 @@ def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, pr
         say(f"latent-vs-pixel: reusing the autoencoder in {out}")
         return read_json(info_path)
     budget = {"steps": cfg.ae_steps} if cfg.ae_steps is not None else {"minutes": cfg.autoencoder_minutes}
-    result, fit_clock = fit_phase(
-        out, f"the f = {factor} autoencoder", budget, train_autoencoder, progress,
-        dict(data=cfg.data, preset=cfg.preset, factor=factor, latent_channels=cfg.latent_channels, evaluate=False,
-             seed=cfg.seed, device=cfg.device, sample_every=0))
+    fit = fit_phase(out, f"the f = {factor} autoencoder", budget, train_autoencoder, progress,
+                    dict(data=cfg.data, preset=cfg.preset, factor=factor, latent_channels=cfg.latent_channels,
+                         evaluate=False, seed=cfg.seed, device=cfg.device, sample_every=0))
     with Clock() as encode_clock:
         run = load_autoencoder(out, device=cfg.device)
         cached_latents(run, load_dataset(run.data_config, "train"), progress=progress)
     finish_autoencoder(out, progress=progress, eval_n=cfg.recon_n)      # scale factor, PSNR, rFID (latents cached)
-    info = {"steps": result.step, "batch_size": read_run_config(out)["train"]["batch_size"],
-            "fit_wall_s": result.elapsed_s, "fit_cpu_s": fit_clock.cpu_s,
+    info = {"steps": fit["step"], "batch_size": read_run_config(out)["train"]["batch_size"],
+            "fit_wall_s": fit["elapsed_s"], "fit_cpu_s": fit["cpu_s"],
             "encode_wall_s": encode_clock.wall_s, "encode_cpu_s": encode_clock.cpu_s,
-            "train_wall_s": result.elapsed_s + encode_clock.wall_s, "train_cpu_s": fit_clock.cpu_s + encode_clock.cpu_s}
+            "train_wall_s": fit["elapsed_s"] + encode_clock.wall_s, "train_cpu_s": fit["cpu_s"] + encode_clock.cpu_s}
     write_json(info_path, info)
+    (out / FIT_FILE).unlink(missing_ok=True)
     return info
 
 
@@ -218,10 +220,11 @@ def train_diffusion_phase(name: str, out: Path, cfg: LatentVsPixelConfig, budget
         from trilemma.ldm.train import train_ldm as fn
 
         options["autoencoder"] = autoencoder
-    result, clock = fit_phase(out, f"the {name} DDPM", budget, fn, progress, options)
-    info = {"steps": result.step, "batch_size": BATCH, "train_wall_s": result.elapsed_s, "train_cpu_s": clock.cpu_s,
-            "call_wall_s": clock.wall_s}
+    fit = fit_phase(out, f"the {name} DDPM", budget, fn, progress, options)
+    info = {"steps": fit["step"], "batch_size": BATCH, "train_wall_s": fit["elapsed_s"], "train_cpu_s": fit["cpu_s"],
+            "call_wall_s": fit["wall_s"]}
     write_json(info_path, info)
+    (out / FIT_FILE).unlink(missing_ok=True)
     return info
 
 
