@@ -76,7 +76,6 @@ def run_state(path: Path) -> str:
     return "finished" if done else "interrupted"
 
 
-
 def stop_if_interrupted(result: Any) -> None:
     """Raise :class:`~trilemma.errors.Interrupted` when a training call returned stopped by Ctrl-C or SIGTERM.
 
