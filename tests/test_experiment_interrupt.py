@@ -99,18 +99,26 @@ def test_gan_gradients_takes_no_snapshot_of_an_interrupted_training(tmp_path, ct
     assert json.loads((out / "dcgan" / "state" / "trainer.json").read_text())["step"] == 13   # 0.25 × 1617 / 32
 
 
-def test_latent_vs_pixel_phase_continues_with_its_clocks_summed(tmp_path, ctrl_c):
-    from trilemma.experiments.latent_vs_pixel import FIT_FILE, LatentVsPixelConfig, train_diffusion_phase
+def interrupted_pixel_phase(tmp_path, ctrl_c):
+    """latent-vs-pixel's pixel DDPM (6 steps) stopped by Ctrl-C after a step or two: (its folder, the config)."""
+    from trilemma.experiments.latent_vs_pixel import LatentVsPixelConfig, train_diffusion_phase
 
     run = tmp_path / "pixel"
     cfg = LatentVsPixelConfig(data="digits", preset="tiny", device="cpu")
     ctrl_c(call=1)
     with pytest.raises(Interrupted):
         train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
+    ctrl_c.off()
+    return run, cfg
+
+
+def test_latent_vs_pixel_phase_continues_with_its_clocks_summed(tmp_path, ctrl_c):
+    from trilemma.experiments.latent_vs_pixel import FIT_FILE, train_diffusion_phase
+
+    run, cfg = interrupted_pixel_phase(tmp_path, ctrl_c)
     assert not (run / "phase.json").exists() and run_state(run) == "interrupted"
     before = json.loads((run / FIT_FILE).read_text())
     assert before["cpu_s"] > 0 and before["wall_s"] > 0 and 0 < before["step"] < 6
-    ctrl_c.off()
     info = train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
     assert info["steps"] == 6 and not (run / FIT_FILE).exists()
     assert info["train_cpu_s"] > before["cpu_s"] and info["call_wall_s"] > before["wall_s"]
@@ -137,14 +145,9 @@ def test_latent_vs_pixel_keeps_a_finished_training_stopped_before_its_record(tmp
 
 
 def test_latent_vs_pixel_refuses_a_run_stopped_without_its_clocks(tmp_path, ctrl_c):
-    from trilemma.experiments.latent_vs_pixel import FIT_FILE, LatentVsPixelConfig, train_diffusion_phase
+    from trilemma.experiments.latent_vs_pixel import FIT_FILE, train_diffusion_phase
 
-    run = tmp_path / "pixel"
-    cfg = LatentVsPixelConfig(data="digits", preset="tiny", device="cpu")
-    ctrl_c(call=1)
-    with pytest.raises(Interrupted):
-        train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
+    run, cfg = interrupted_pixel_phase(tmp_path, ctrl_c)
     (run / FIT_FILE).unlink()                              # as a killed process leaves it: a checkpoint, no clocks
-    ctrl_c.off()
     with pytest.raises(TrilemmaError, match=r"CPU time is unknown\); remove it"):
         train_diffusion_phase("pixel", run, cfg, {"steps": 6}, progress=False)
