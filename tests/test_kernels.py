@@ -183,7 +183,7 @@ def test_networks_give_the_same_values_and_gradients_with_and_without_the_kernel
         for p in model.parameters():                   # the zero-initialised layers too
             p.add_(0.05 * torch.randn(p.shape))
 
-    def run():
+    def run(bf16=bf16):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             y = forward()
@@ -202,9 +202,21 @@ def test_networks_give_the_same_values_and_gradients_with_and_without_the_kernel
     tol = 5e-2 if bf16 else 1e-4
     torch.testing.assert_close(y_k, y_p, rtol=tol, atol=tol * float(y_p.abs().max()))
     assert g_k.keys() == g_p.keys()
-    for name in g_p:
-        scale = float(g_p[name].abs().max()) + 1e-12
-        torch.testing.assert_close(g_k[name], g_p[name], rtol=tol, atol=tol * scale, msg=name)
+    if not bf16:
+        for name in g_p:
+            scale = float(g_p[name].abs().max()) + 1e-12
+            torch.testing.assert_close(g_k[name], g_p[name], rtol=tol, atol=tol * scale, msg=name)
+        return
+    # bf16: both paths round, differently, and PyTorch's own bf16 gradients depend on the CPU (on an
+    # AVX2-only AMD EPYC a GroupNorm weight's was 7% of its largest value off the fp32 one, the
+    # kernel's 2.6%). So each is measured against the fp32 gradients (PyTorch's path): the kernel's
+    # error must stay within 10% of the gradient's scale, or within 1.5× PyTorch's own bf16 error.
+    _, g_ref = run(bf16=False)
+    for name in g_ref:
+        scale = float(g_ref[name].abs().max()) + 1e-12
+        err_k = float((g_k[name] - g_ref[name]).abs().max()) / scale
+        err_p = float((g_p[name] - g_ref[name]).abs().max()) / scale
+        assert err_k <= max(0.1, 1.5 * err_p), (name, err_k, err_p)
 
 
 @pytest.mark.parametrize("env", [{"TRILEMMA_KERNELS": "0"}, {"CC": "/bin/false"}, {"TRILEMMA_CACHE": "FILE"}],
