@@ -82,6 +82,7 @@ def test_resume_continues_an_autoencoder_phase_that_was_cut_short(env, capsys):
     code, _, err = cli(capsys, "train", "t2i", "--out", out, "--resume", "--quiet")
     assert code == 0, err
     assert step(out / AE_DIR) == 4 and step(out) == 4 and phase1_finished(out / AE_DIR)
+    assert read(out / AE_DIR / "recon.json")["rfid"] is None     # measured as a new recipe's: PSNR, no FID
     assert recipes.resume_folder(out) == (out, "t2i")
     code, _, err = cli(capsys, "train", "t2i", "--out", out, "--resume", "--steps", 6, "--quiet")
     assert code == 0, err

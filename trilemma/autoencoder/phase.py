@@ -63,17 +63,21 @@ def run_phase1(ae: Path, *, budget: dict[str, Any], resume: bool, progress: bool
                **options: Any) -> FitResult | None:
     """Train (a new one, or continue with ``resume``) the autoencoder in ``ae``; ``None`` when it had finished.
 
-    ``budget`` is ``{"minutes": …}`` or ``{"steps": …}``; ``options`` are ``train autoencoder``'s (used
-    for a new run only: a resumed one keeps its own).
+    ``budget`` is ``{"minutes": …}`` or ``{"steps": …}``; ``options`` are ``train autoencoder``'s: a
+    resumed run keeps its own stored ones, and takes only the evaluation's (``AutoencoderEval``: not
+    stored in the run, so without them a resumed phase would be measured otherwise than a new one).
     """
-    from trilemma.autoencoder.train import train_autoencoder
+    from trilemma.autoencoder.train import AutoencoderEval, train_autoencoder
+    from trilemma.options import option_names
 
     if phase1_finished(ae):
         return None
     if resume and phase1_started(ae):
         # Training may have reached its budget and been cut short in ``finish`` (encoding the training
         # set): then continue with the stored budget, which trains nothing more and runs ``finish``.
-        return train_autoencoder(ae, resume=True, progress=progress, **(budget if _beyond(ae, budget) else {}))
+        evaluation = {k: v for k, v in options.items() if k in option_names((AutoencoderEval,))}
+        return train_autoencoder(ae, resume=True, progress=progress, **evaluation,
+                                 **(budget if _beyond(ae, budget) else {}))
     return train_autoencoder(ae, progress=progress, **options, **budget)
 
 
