@@ -166,11 +166,17 @@ def read_mnist_5k() -> Arrays:
 
 @lru_cache(maxsize=1)
 def read_digits() -> Arrays:
-    """scikit-learn's 1,797 8x8 digits, values 0..16 scaled to 0..255."""
+    """scikit-learn's 1,797 8x8 digits, values 0..16 scaled to 0..255, read from its CSV without importing
+    scikit-learn (which takes seconds; ``sklearn.datasets.load_digits`` gives the same arrays, tested)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from None
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
-    return images, bunch.target.astype(np.int64)
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read digits ({e}); reinstall with pip install scikit-learn") from None
+    if table.shape[1] != 8 * 8 + 1 or table.min() < 0 or table[:, :-1].max() > 16:
+        raise DataError(f"{path}: expected rows of 64 values in 0..16 and a label, got {table.shape}")
+    images = np.rint(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
+    return images, table[:, -1].copy()
