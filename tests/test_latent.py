@@ -263,6 +263,30 @@ def test_resume_is_exact_with_and_without_the_discriminator(cache, tmp_path):
     assert "loss_d" not in rows[1] and "loss_d" in rows[2]              # D joins at --disc-start 2
 
 
+def test_a_resumed_autoencoder_is_measured_with_its_stored_evaluation_options(cache, tmp_path, capsys):
+    out = tmp_path / "ae"
+    args = ("train", "autoencoder", "--out", out, "--quiet")
+    code, _, err = cli(capsys, *args, "--data", "digits", "--factor", 2, "--preset", "tiny", "--batch-size", 8,
+                       "--steps", 2, "--no-recon-fid", "--eval-n", 20)
+    assert code == 0, err
+    config, recon = (lambda: json.loads((out / "config.json").read_text())), \
+        (lambda: json.loads((out / "recon.json").read_text()))
+    assert config()["evaluation"] == {"eval_n": 20, "recon_fid": False} and recon()["n"] == 20
+    code, _, err = cli(capsys, *args, "--resume", "--steps", 3)                 # as asked when it was made
+    assert code == 0, err
+    assert recon()["step"] == 3 and recon()["n"] == 20 and recon()["rfid"] is None
+    code, _, err = cli(capsys, *args, "--resume", "--steps", 4, "--eval-n", 30)  # given again: replaces it
+    assert code == 0, err
+    assert recon()["step"] == 4 and recon()["n"] == 30 and config()["evaluation"]["eval_n"] == 30
+    edited = config()
+    edited["evaluation"]["eval_n"] = "all"
+    (out / "config.json").write_text(json.dumps(edited))
+    code, _, err = cli(capsys, *args, "--resume", "--steps", 5)
+    assert code != 0
+    one_line_error(err, "config.json", "eval_n")
+    assert json.loads((out / "state" / "trainer.json").read_text())["step"] == 4     # refused before training
+
+
 # ------------------------------------------------------------------------------------------ CLI, end to end
 def test_two_phases_end_to_end_from_the_cli(cache, tmp_path, capsys):
     ae, ldm = tmp_path / "ae", tmp_path / "ldm"

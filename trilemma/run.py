@@ -152,7 +152,7 @@ class GeneratorRun:
 # The top-level keys a run's config.json may hold: the header, then the sections of every family.
 RUN_HEADER = ("kind", "trilemma_version", "preset")
 RUN_SECTIONS = ("data", "model", "train", "diffusion", "gan", "vae", "autoencoder", "disc", "latent", "text",
-                "ddgan")
+                "ddgan", "evaluation")
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:

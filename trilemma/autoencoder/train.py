@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from trilemma.autoencoder.run import AutoencoderRun, evaluate_reconstructions
 from trilemma.config import from_dict
 from trilemma.data import DataConfig, ImageDataset, load_dataset
 from trilemma.nets.unet import count_parameters
-from trilemma.options import build, int_in, opt, optional, overrides, positive_int
+from trilemma.options import build, int_in, opt, option_names, optional, overrides, positive_int
 from trilemma.run import read_run_config
 from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
 from trilemma.train.family import (
@@ -60,7 +60,8 @@ POSTERIOR_STD_N = 2000   # training images used to measure the posterior's σ
 
 @dataclass(frozen=True)
 class AutoencoderEval:
-    """Run-time options of the evaluation after training (not stored in config.json)."""
+    """Options of the evaluation after training, stored in config.json's ``evaluation`` section so that a
+    resumed run is measured as it was asked to be (given again with ``--resume``, they replace it)."""
 
     eval_n: int | None = opt(None, "test images to reconstruct (default all)", check=optional(positive_int))
     recon_fid: bool = opt(True, "also the reconstruction FID (--no-recon-fid: PSNR only)")
@@ -74,6 +75,7 @@ def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
     disc = PatchDiscConfig(channels=data.channels) if objective.uses_disc else None
     dataset = load_dataset(data, "train")                        # validate the data before creating the folder
     config = run_config("autoencoder", values, data, model, autoencoder=objective, disc=disc)
+    config["evaluation"] = asdict(build(AutoencoderEval, values))
     return config, dataset
 
 
@@ -81,6 +83,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     s = read_stored(out, config, dataset, model=AutoencoderConfig, autoencoder=AutoencoderObjective)
     train_, device, dataset, model_config, objective = s.train, s.device, s.dataset, s["model"], s["autoencoder"]
     where = f"{out}/config.json"
+    stored_evaluation(config)                           # refused before training, not after it
     torch.manual_seed(train_.seed)                      # the initial weights depend on the seed only
     model = Autoencoder(model_config).to(device)
     disc = PatchDiscriminator(from_dict(PatchDiscConfig, config["disc"], where)).to(device) \
@@ -177,13 +180,21 @@ def posterior_std(run: AutoencoderRun, dataset: ImageDataset, n: int = POSTERIOR
     return torch.exp(0.5 * logvar.double()).mean().item()
 
 
+def stored_evaluation(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's stored evaluation options (checked; empty for a run made before they were stored)."""
+    return asdict(from_dict(AutoencoderEval, config["evaluation"])) if "evaluation" in config else {}
+
+
 def finish_autoencoder(out: str | os.PathLike, values: dict[str, Any] | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Measure the latents (scale factor → config.json) and the test reconstructions (→ recon.json)."""
     out = Path(out)
-    evaluation = build(AutoencoderEval, values or {})
-    recon_fid, eval_n = evaluation.recon_fid, evaluation.eval_n
     config = read_run_config(out)
+    stored = stored_evaluation(config)
+    given = {k: v for k, v in (values or {}).items() if k in option_names((AutoencoderEval,)) and v is not None}
+    evaluation = build(AutoencoderEval, {**stored, **given})      # a run from before the section: the defaults
+    recon_fid, eval_n = evaluation.recon_fid, evaluation.eval_n
+    config["evaluation"] = asdict(evaluation)
     run = AutoencoderRun(out, config, pick_device(config["train"].get("device", "auto")))
     train_set = load_dataset(run.data_config, "train")
     cached = cached_latents(run, train_set, progress=progress)          # encoded once; reused by `train ldm`

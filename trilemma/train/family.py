@@ -62,7 +62,7 @@ class TrainSpec:
     overrides: dict[type, tuple[str, ...]] = field(default_factory=dict)   # preset fields users may override
     defaults: dict[str, Any] = field(default_factory=dict)    # this family's defaults for shared options
     finish: Callable[[Path, dict[str, Any], bool], Any] | None = None
-    extra: tuple[type, ...] = ()                              # run-time options that are not stored
+    extra: tuple[type, ...] = ()                              # options outside training (may change on resume)
     presets: tuple[str, ...] = PRESETS
     drop_on_resume: tuple[str, ...] = ()                      # config.json sections that training invalidates
     on_create: Callable[[Path, dict[str, Any]], None] | None = None   # after a new run folder is created
