@@ -64,8 +64,8 @@ def run_phase1(ae: Path, *, budget: dict[str, Any], resume: bool, progress: bool
     """Train (a new one, or continue with ``resume``) the autoencoder in ``ae``; ``None`` when it had finished.
 
     ``budget`` is ``{"minutes": …}`` or ``{"steps": …}``; ``options`` are ``train autoencoder``'s: a
-    resumed run keeps its own stored ones, and takes only the evaluation's (``AutoencoderEval``: not
-    stored in the run, so without them a resumed phase would be measured otherwise than a new one).
+    resumed run keeps its own stored ones and is given only the evaluation's (``AutoencoderEval``)
+    again, so that a phase 1 made before those were stored is measured as a new one would be.
     """
     from trilemma.autoencoder.train import AutoencoderEval, train_autoencoder
     from trilemma.options import option_names
