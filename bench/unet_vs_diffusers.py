@@ -59,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trilemma.nets import UNet, UNetConfig, count_parameters, kernels, preset
 from trilemma.nets.layers import group_norm
+from trilemma.utils.device import native_bf16
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -424,7 +425,12 @@ def main(argv: list[str] | None = None) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["small", "base"], choices=["tiny", "small", "base"])
-    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
+                   help="default: fp32, and bf16 where the device has it natively (a CUDA GPU from Ampere on, "
+                        "a CPU with AVX512-BF16 or AMX)")
+    p.add_argument("--emulated-bf16", action="store_true",
+                   help="allow --precisions bf16 on a device without native bf16 (emulated: on an AVX2 CPU a "
+                        "2048² bf16 matmul took over 10 minutes; trilemma refuses --bf16 there)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, …")
     p.add_argument("--threads", type=int, default=cores, help=f"torch CPU threads (default: all {cores} cores)")
     p.add_argument("--batch", type=int, default=64, help="batch size for every size but base")
@@ -458,6 +464,12 @@ def main(argv: list[str] | None = None) -> dict:
         else torch.device(args.device)
     if args.base_batch is None:
         args.base_batch = 16 if device.type == "cpu" else args.batch
+    native = native_bf16(device)
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"] if native else ["fp32"]
+    elif "bf16" in args.precisions and not native and not args.emulated_bf16:
+        p.error(f"--precisions bf16: {device} has no native bf16 (emulated, it is slower than fp32 by orders of "
+                f"magnitude, and trilemma refuses --bf16 here); leave it out, or add --emulated-bf16 to time it")
     torch.set_num_threads(args.threads)
     sync = synchronizer(device)
     began = time.perf_counter()
