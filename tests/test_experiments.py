@@ -87,6 +87,32 @@ def test_gan_gradients_bad_epochs_are_one_line_errors(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "--epochs" in err[0]
 
 
+# ------------------------------------------------------------------------------------- latent-vs-pixel
+def test_latent_vs_pixel_end_to_end_then_a_rerun_reuses_its_phases(cache, tmp_path, capsys):
+    out = tmp_path / "lvp"
+    args = ["experiment", "latent-vs-pixel", "--data", "digits", "--out", out, "--steps", 4, "--ae-steps", 3,
+            "--preset", "tiny", "--factor", 2, "--sweep-factors", 2, "--n", 20, "--recon-n", 20,
+            "--ddim-steps", 3, "--speed-sizes", "--quiet"]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert {"pixel DDPM", "latent DDPM (f = 2)"} <= set(rows)
+    for name in ("pixel DDPM", "latent DDPM (f = 2)"):
+        assert rows[name]["nfe"] == 3 and rows[name]["metrics"]["n"] == 20
+        assert rows[name]["metrics"]["quality"]["fid"] is not None
+    recon = results["sweep"]["2"]["recon"]
+    assert recon["n"] == 20 and recon["psnr_db"] > 0                            # --recon-n reaches the autoencoder
+    assert json.loads((out / "ae-f2" / "recon.json").read_text())["n"] == 20
+    assert results["phases"]["autoencoder"]["steps"] == 3 and results["phases"]["ldm"]["steps"] == 4
+    for name in ("report.md", "samples.png", "sweep.png"):
+        assert (out / name).stat().st_size > 200
+    capsys.readouterr()
+    assert main([str(a) for a in args[:-1]]) == 0                               # again: nothing is trained again
+    printed = capsys.readouterr()
+    assert "reusing the autoencoder" in printed.out + printed.err
+    assert json.loads((out / "ae-f2" / "state" / "trainer.json").read_text())["step"] == 3
+
+
 # ------------------------------------------------------------------------------------------ vae-vs-gan
 def test_vae_vs_gan_end_to_end(cache, tmp_path, capsys):
     out = tmp_path / "vg"

@@ -190,7 +190,7 @@ def train_autoencoder_phase(out: Path, factor: int, cfg: LatentVsPixelConfig, pr
     with Clock() as encode_clock:
         run = load_autoencoder(out, device=cfg.device)
         cached_latents(run, load_dataset(run.data_config, "train"), progress=progress)
-    finish_autoencoder(out, progress=progress, eval_n=cfg.recon_n)      # scale factor, PSNR, rFID (latents cached)
+    finish_autoencoder(out, {"eval_n": cfg.recon_n}, progress)          # scale factor, PSNR, rFID (latents cached)
     info = {"steps": fit["step"], "batch_size": read_run_config(out)["train"]["batch_size"],
             "fit_wall_s": fit["elapsed_s"], "fit_cpu_s": fit["cpu_s"],
             "encode_wall_s": encode_clock.wall_s, "encode_cpu_s": encode_clock.cpu_s,
