@@ -184,3 +184,50 @@ def test_wrapper_prefixes_are_stripped():
     assert distributed.plain_keys(sd) == {"conv.weight": 1, "fc.bias": 2, "norm.running_mean": 3}
     net = torch.nn.Linear(2, 2)
     assert distributed.unwrap(torch.compile(net)) is net
+
+
+def test_two_nodes_through_torchrun_rendezvous_train_what_one_process_trains(tmp_path):
+    """The multi-node launch of docs/scaling.md, as two "machines" on this one: two torchrun agents
+    (``--nnodes 2 --nproc_per_node 1``, c10d rendezvous on 127.0.0.1), each with its own
+    TRILEMMA_CACHE, one shared run folder. The run equals a one-process run with the same global
+    batch (allclose), has one metrics line per step, and resumes in a single process."""
+    import subprocess
+    import sys
+
+    train = ["-m", "trilemma", "train", "ddpm", "--data", "digits", "--preset", "tiny", "--batch-size", "16",
+             "--device", "cpu", "--log-every", "1", "--quiet"]
+    base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
+    base.update(OMP_NUM_THREADS="1")
+
+    def start(argv, cache):
+        return subprocess.Popen([sys.executable, *argv], env={**base, "TRILEMMA_CACHE": str(tmp_path / cache)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(procs):                                                  # wait for all; fail with their logs
+        try:
+            logs = [p.communicate(timeout=300)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert [p.returncode for p in procs] == [0] * len(procs), "\n---\n".join(log[-3000:] for log in logs)
+
+    port = free_port()
+    launch = ["-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes", "--max_restarts", "0"]
+    finish([start([*launch, *train, "--steps", "4", "--out", str(tmp_path / "nodes")], f"cache{node}")
+            for node in range(2)] + [start([*train, "--steps", "4", "--out", str(tmp_path / "one")], "cache0")])
+
+    a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "nodes" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    rows = [json.loads(line) for line in (tmp_path / "nodes" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]                    # written once, by global rank 0
+    one = [json.loads(line)["loss"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == pytest.approx(one, rel=1e-5)
+
+    finish([start([*train, "--out", str(tmp_path / run), "--resume", "--steps", "6"], "cache0")
+            for run in ("nodes", "one")])                               # the two-node run continued on one machine
+    a, b = load_tensors(tmp_path / "one" / "model.safetensors"), load_tensors(tmp_path / "nodes" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
