@@ -47,6 +47,16 @@ def small_shapes(train_size: int, test_size: int, previews: int, cache=None):
         yield
 
 
+def subcommands(parser) -> dict:
+    """The subcommand parsers of an argparse parser by name ({} when it has none)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a process group's rendezvous)."""
     import socket

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, one_line_error
+from helpers import cli, one_line_error, subcommands
 from PIL import Image
 
 from trilemma.cli.main import main
@@ -143,16 +143,12 @@ def test_help_for_every_command(capsys):
 
 def test_help_never_prints_an_empty_default(capsys):
     """Every subcommand's --help: a default is shown where there is one, never "(default: None)"."""
-    import argparse
-
     from trilemma.cli.main import build_parser
 
     def commands(parser, path=()):
         yield path
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    yield from commands(sub, path + (name,))
+        for name, sub in subcommands(parser).items():
+            yield from commands(sub, path + (name,))
 
     paths = list(commands(build_parser()))
     assert ("experiment", "steps") in paths and ("train", "ddgan") in paths

@@ -18,18 +18,13 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from helpers import subcommands
+
 from trilemma.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "bench/README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 COMMAND = re.compile(r"(?:^|[\s/(])trilemma\s+([a-z][a-z-]*(?:\s.*)?)$")
-
-
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
@@ -74,8 +69,8 @@ def _problems(command: str) -> list[str]:
     """What in ``command`` (the words after "trilemma") the parser does not know."""
     words = re.sub(r"\[([^\]]*)\]", r" \1 ", command).split()    # optional parts: their options count too
     parser, path = _root(), ["trilemma"]
-    while words and _subcommands(parser):
-        choices = _subcommands(parser)
+    while words and subcommands(parser):
+        choices = subcommands(parser)
         word = words[0]
         if word in choices:
             parser, path = choices[word], path + [word]
