@@ -171,6 +171,37 @@ def test_bench_fresh_discriminator_scores_the_runs_D_and_a_fresh_one_per_t(tmp_p
     assert "| over z (16 draws), fixed x_t |" in done.stdout
 
 
+
+def test_bench_recall_sources_splits_evals_recall(tmp_path):
+    """bench/recall_sources.py: eval's precision and recall per run, the recall split into parts that add up."""
+    tiny(tmp_path / "dd", 2, T=2)
+    script = Path(__file__).resolve().parents[1] / "bench" / "recall_sources.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), "--n", "64", "--batch-size", "32",
+                           "--floor", "--per-class", "--json", str(tmp_path / "rs.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "rs.json").read_text())["rows"]
+    assert list(rows) == [str(tmp_path / "dd"), "64 training images", "64 training images, last two classes dropped"]
+    for r in rows.values():
+        assert r["recall_from_inliers"] + r["recall_from_outliers_only"] == pytest.approx(r["recall"])
+        assert r["outlier_share"] == pytest.approx(1 - r["precision"])
+    floor, dropped = rows["64 training images"], rows["64 training images, last two classes dropped"]
+    assert floor["recall"] > rows[str(tmp_path / "dd")]["recall"] + 0.5       # 2 steps: collapsed, recall ≈ 0
+    assert dropped["recall"] < floor["recall"]                                # two modes fewer
+    # per class: no samples of the dropped classes 8 and 9, so no recall on their test images past chance
+    assert len(dropped["per_class"]["sample_share"]) == 10
+    assert sum(floor["per_class"]["sample_share"]) == pytest.approx(1)
+    assert dropped["per_class"]["sample_share"][8] < 0.05 and dropped["per_class"]["recall"][8] < 0.2
+    assert "| recall on its test images |" in done.stdout
+    assert "| row | precision ↑ | recall ↑ |" in done.stdout
+    # the runs must share a dataset: a one-line error, no traceback
+    other = tmp_path / "other"
+    train_ddgan(other, data="mnist-5k", preset="tiny", steps=1, batch_size=4, T=2, progress=False, device="cpu")
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), str(other), "--n", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"recall_sources: {other}: trained on mnist-5k")
+
 def test_d_learning_rate_follows_the_schedule_at_its_own_ratio(tmp_path):
     tiny(tmp_path / "dd", 2, warmup_steps=4, lr=2e-4, lr_d=1e-4)
     groups = optimizer_groups(tmp_path / "dd")

@@ -21,7 +21,7 @@ from trilemma.metrics.evaluate import SCHEMA, SCHEMA_VERSION, EvalSettings, eval
 from trilemma.metrics.fid import fid, frechet_distance, gaussian_stats
 from trilemma.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
 from trilemma.metrics.memorisation import exact_copy_fraction, memorisation, nearest_distances
-from trilemma.metrics.prdc import knn_radii, prdc
+from trilemma.metrics.prdc import knn_radii, prdc, recall_breakdown
 from trilemma.metrics.speed import PeakMemory, time_sampler
 
 TINY_RECIPE = {"width": 8, "feature_dim": 32, "steps": 120, "batch_size": 64, "warmup_steps": 10,
@@ -206,6 +206,52 @@ def test_toy_mixture_outliers_lower_precision_and_density():
     assert m_noisy["precision"] < m_clean["precision"] - 0.25
     assert m_noisy["density"] < m_clean["density"] - 0.25
 
+
+
+def test_recall_breakdown_by_hand_in_one_dimension():
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])     # every real 1-NN radius is 1
+    fake = np.array([[0.5], [1.5], [6.0], [8.5]])            # fake 1-NN radii 1, 1, 2.5, 2.5
+    # 0.5 and 1.5 lie in real balls (inliers) and cover reals 0, 1, 2; 6 and 8.5 do not (outliers),
+    # and 6's ball (radius 2.5) covers real 4, which no inlier covers
+    got = recall_breakdown(real, fake, k=1, chunk_rows=3)
+    assert got == {"recall": 0.8, "recall_from_inliers": 0.6, "recall_from_outliers_only": pytest.approx(0.2),
+                   "outlier_share": 0.5, "radius_inliers": 1.0, "radius_outliers": 2.5}
+
+
+def test_recall_breakdown_matches_brute_force_and_adds_up_to_prdc():
+    rng = np.random.default_rng(9)
+    real, fake = rng.normal(size=(60, 2)), rng.normal(1.0, 2.0, size=(50, 2))
+    got, want = recall_breakdown(real, fake, chunk_rows=7), prdc(real, fake)
+    d = np.sqrt(((fake[:, None, :] - real[None, :, :]) ** 2).sum(-1))              # (fakes, reals)
+    r_real = np.sort(np.sqrt(((real[:, None] - real[None]) ** 2).sum(-1)), 1)[:, 3]
+    r_fake = np.sort(np.sqrt(((fake[:, None] - fake[None]) ** 2).sum(-1)), 1)[:, 3]
+    inlier = (d <= r_real[None, :]).any(1)
+    covered = d <= r_fake[:, None]
+    by_in, by_out = covered[inlier].any(0), covered[~inlier].any(0)
+    assert got["recall_from_inliers"] == pytest.approx(by_in.mean(), abs=1e-12)
+    assert got["recall_from_outliers_only"] == pytest.approx((by_out & ~by_in).mean(), abs=1e-12)
+    assert got["recall_from_outliers_only"] > 0                  # this draw has a real only an outlier covers
+    assert got["radius_outliers"] == pytest.approx(np.median(r_fake[~inlier]) / np.median(r_real), rel=1e-12)
+    assert got["recall"] == pytest.approx(want["recall"], abs=1e-12)
+    assert got["recall_from_inliers"] + got["recall_from_outliers_only"] == pytest.approx(want["recall"], abs=1e-12)
+    assert got["outlier_share"] == pytest.approx(1 - want["precision"], abs=1e-12)
+
+
+def test_toy_mixture_spread_out_outliers_inflate_recall_not_coverage():
+    """Naeem et al.'s point: off-manifold fakes have big k-NN balls that 'cover' modes nobody sampled."""
+    rng = np.random.default_rng(7)
+    angles = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    centres = np.stack([np.cos(angles), np.sin(angles)], 1) * 3
+    real, _ = mixture(rng, 2000, np.arange(10), centres)
+    dropped, _ = mixture(rng, 2000, np.arange(5), centres)      # half the modes missing
+    spread = dropped.copy()
+    spread[:300] = rng.uniform(-4, 4, size=(300, 2))            # 15% scattered over the whole plane
+    m_drop, m_spread = prdc(real, dropped), prdc(real, spread)
+    b_drop, b_spread = recall_breakdown(real, dropped), recall_breakdown(real, spread)
+    assert m_spread["recall"] > m_drop["recall"] + 0.4          # recall says the missing modes are back
+    assert abs(m_spread["coverage"] - m_drop["coverage"]) < 0.05  # coverage does not
+    assert b_drop["recall_from_outliers_only"] < 0.01 < 0.1 < b_spread["recall_from_outliers_only"]
+    assert b_spread["radius_outliers"] > 5 * b_spread["radius_inliers"]
 
 # --- class histograms ---------------------------------------------------------------------------
 

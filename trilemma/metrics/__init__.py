@@ -32,7 +32,7 @@ from trilemma.metrics.features import DEFAULT_RECIPE, FEATURE_CODE_VERSION, Feat
 from trilemma.metrics.fid import fid, frechet_distance, gaussian_stats
 from trilemma.metrics.kid import kid, mmd2_unbiased
 from trilemma.metrics.memorisation import exact_copy_fraction, memorisation, nearest_distances
-from trilemma.metrics.prdc import knn_radii, prdc
+from trilemma.metrics.prdc import knn_radii, prdc, recall_breakdown
 from trilemma.metrics.speed import generate_timed, time_sampler
 from trilemma.metrics.stats import ReferenceStats, reference_stats, split_features
 
@@ -42,5 +42,5 @@ __all__ = [
     "as_image_batch", "classifier_score", "combine_repeats", "evaluate_images", "evaluate_run", "exact_copy_fraction",
     "fid", "frechet_distance", "gaussian_stats", "get_feature_network", "js_divergence", "kid",
     "kl_divergence", "knn_radii", "memorisation", "mmd2_unbiased", "modes_hit", "nearest_distances",
-    "prdc", "reference_stats", "generate_timed", "split_features", "time_sampler", "total_variation",
+    "prdc", "recall_breakdown", "reference_stats", "generate_timed", "split_features", "time_sampler", "total_variation",
 ]
