@@ -153,13 +153,17 @@ def test_run_folder_samples_with_T_network_calls_and_is_loaded_by_load_run(tmp_p
     assert isinstance(r.discriminator(), DDGANDiscriminator)
 
 
+def bench(script: str, *args) -> subprocess.CompletedProcess:
+    """Run ``bench/SCRIPT`` with ``args`` in a fresh interpreter, capturing its output."""
+    path = Path(__file__).resolve().parents[1] / "bench" / script
+    return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
 def test_bench_fresh_discriminator_scores_the_runs_D_and_a_fresh_one_per_t(tmp_path):
     """bench/ddgan_fresh_d.py: a fresh D trained against a barely trained G tells its t = 1 pairs apart."""
     tiny(tmp_path / "dd", 2, T=2)
-    script = Path(__file__).resolve().parents[1] / "bench" / "ddgan_fresh_d.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), "--updates", "60", "--batch-size", "16",
-                           "--eval-batches", "4", "--json", str(tmp_path / "fresh.json")],
-                          capture_output=True, text=True, timeout=300)
+    done = bench("ddgan_fresh_d.py", tmp_path / "dd", "--updates", "60", "--batch-size", "16", "--eval-batches", "4",
+                 "--json", tmp_path / "fresh.json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "fresh.json").read_text())
     assert set(result["trained"]) == set(result["fresh"]) == {"1", "2"} and result["updates"] == 60
@@ -171,14 +175,11 @@ def test_bench_fresh_discriminator_scores_the_runs_D_and_a_fresh_one_per_t(tmp_p
     assert "| over z (16 draws), fixed x_t |" in done.stdout
 
 
-
 def test_bench_recall_sources_splits_evals_recall(tmp_path):
     """bench/recall_sources.py: eval's precision and recall per run, the recall split into parts that add up."""
     tiny(tmp_path / "dd", 2, T=2)
-    script = Path(__file__).resolve().parents[1] / "bench" / "recall_sources.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), "--n", "64", "--batch-size", "32",
-                           "--floor", "--per-class", "--json", str(tmp_path / "rs.json")],
-                          capture_output=True, text=True, timeout=300)
+    done = bench("recall_sources.py", tmp_path / "dd", "--n", "64", "--batch-size", "32", "--floor", "--per-class",
+                 "--json", tmp_path / "rs.json")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "rs.json").read_text())["rows"]
     assert list(rows) == [str(tmp_path / "dd"), "64 training images", "64 training images, last two classes dropped"]
@@ -197,8 +198,7 @@ def test_bench_recall_sources_splits_evals_recall(tmp_path):
     # the runs must share a dataset: a one-line error, no traceback
     other = tmp_path / "other"
     train_ddgan(other, data="mnist-5k", preset="tiny", steps=1, batch_size=4, T=2, progress=False, device="cpu")
-    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "dd"), str(other), "--n", "8"],
-                         capture_output=True, text=True, timeout=300)
+    bad = bench("recall_sources.py", tmp_path / "dd", other, "--n", "8")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(f"recall_sources: {other}: trained on mnist-5k")
 
