@@ -111,8 +111,8 @@ def recall_breakdown(real_features: np.ndarray, fake_features: np.ndarray, *, k:
 
     Recall counts a real point as covered when it lies in *any* fake's k-NN ball, and a fake far
     from the data (an "outlier", one that precision does not count) tends to have a large ball;
-    Naeem et al. 2020 (Sec. 3) give this as the reason recall can reward off-manifold samples. This
-    splits the recall of :func:`prdc` into
+    Naeem et al. 2020 give this weakness of recall (its manifold is built from the fakes) as a reason
+    for coverage. This splits the recall of :func:`prdc` into
 
     - ``recall_from_inliers``: the share of reals inside the ball of a fake that is itself inside
       the real manifold (a fake precision counts);
