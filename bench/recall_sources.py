@@ -1,6 +1,6 @@
 """Where a model's recall comes from: its samples on the data manifold, or the ones off it.
 
-    python bench/recall_sources.py RUN [RUN ...] --n 2000 [--floor] [--json OUT]
+    python bench/recall_sources.py RUN [RUN ...] --n 2000 [--floor] [--per-class] [--json OUT]
 
 Recall (Kynkäänniemi et al. 2019) counts a test image as covered when it lies in the k-NN ball of
 *any* sample, and an off-manifold sample (one that precision does not count) can have a large ball;
@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             raise TrilemmaError(f"{path}: trained on {run.data_config.name}, "
                                 f"not {data_config.name} like {args.runs[0]}")
     fn = get_feature_network(data_config)
+    test_labels = load_dataset(data_config, split="test").labels if args.per_class else None
+    if args.per_class and (test_labels is None or not fn.has_classes):   # before minutes of sampling
+        raise TrilemmaError(f"--per-class: {data_config.name} has no class labels")
     ref = reference_stats(fn, data_config, "test")
     images = {path: run.generate(args.n, seed=args.seed, batch_size=args.batch_size)
               for path, run in zip(args.runs, runs)}
     if args.floor:
         images.update(floor_images(data_config, args.n, args.seed))
-    test_labels = load_dataset(data_config, split="test").labels
-    if args.per_class and (test_labels is None or not fn.has_classes):
-        raise TrilemmaError(f"--per-class: {data_config.name} has no class labels")
     rows, classes = {}, {}
     for name, batch in images.items():
         features, probs = fn.embed(batch, desc=f"featurising {name}")
