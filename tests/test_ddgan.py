@@ -20,6 +20,7 @@ from trilemma.ddgan import (
     ddgan_sample,
     ddgan_schedule,
     discriminator_terms,
+    energy_score,
     g_loss,
     generator_terms,
     make_discriminator,
@@ -30,7 +31,8 @@ from trilemma.ddgan import (
     q_sample_pairs,
     r1_penalty,
 )
-from trilemma.ddgan.diffusion import respaced_steps
+from trilemma.ddgan.diffusion import respaced_steps, sample_t
+from trilemma.ddgan.losses import regression_terms
 from trilemma.ddgan.networks import minibatch_stddev
 from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import TrilemmaError
@@ -293,6 +295,61 @@ def test_diversity_term_is_the_capped_ratio_of_a_second_z_at_the_same_x_t(cap):
     assert grad_a.item() == pytest.approx(expected.item(), rel=1e-9)
 
 
+def test_energy_score_by_hand():
+    """½(‖a − x₀‖ + ‖b − x₀‖) − ½‖a − b‖ with root-mean-square norms over C·H·W."""
+    x_0 = torch.zeros(2, 1, 1, 2, dtype=torch.float64)
+    a = torch.tensor([[3.0, 4.0], [1.0, 1.0]], dtype=torch.float64).reshape(2, 1, 1, 2)
+    b = torch.tensor([[0.0, 0.0], [-1.0, -1.0]], dtype=torch.float64).reshape(2, 1, 1, 2)
+    rms = lambda v: math.sqrt(sum(u * u for u in v) / 2)
+    expected = [0.5 * (rms([3, 4]) + 0) - 0.5 * rms([3, 4]),          # b = x₀: the spread term cancels a's error
+                0.5 * (rms([1, 1]) + rms([1, 1])) - 0.5 * rms([2, 2])]  # a, b mirrored about x₀: score 0
+    torch.testing.assert_close(energy_score(a, b, x_0), torch.tensor(expected, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert energy_score(a, a, x_0)[1] == pytest.approx(rms([1, 1]), abs=1e-5)   # a point mass: the error alone
+    a.requires_grad_(True)                                    # 1e-12 under each root: finite where a = b
+    (grad,) = torch.autograd.grad(energy_score(a, a, x_0).sum(), a)
+    assert torch.isfinite(grad).all()
+
+
+def test_energy_score_is_lowest_at_the_true_conditional_spread():
+    """Strict propriety in a case with a closed form: x₀ ~ N(0, σ²) and draws a, b ~ N(0, s²) (one value each)
+    give E[score] = √(2/π)·(√(s² + σ²) − s/√2), whose minimum over s is at s = σ; the Monte Carlo mean
+    matches it, and a collapsed (s = σ/2) or over-spread (s = 2σ) sampler scores worse than the true one."""
+    g, n, sigma = torch.Generator().manual_seed(0), 400_000, 0.8
+    x_0 = sigma * torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64)
+    closed = lambda s: math.sqrt(2 / math.pi) * (math.sqrt(s * s + sigma * sigma) - s / math.sqrt(2))
+    mc = {}
+    for s in (0.5 * sigma, sigma, 2 * sigma):
+        a, b = (s * torch.randn(n, 1, 1, 1, generator=g, dtype=torch.float64) for _ in range(2))
+        mc[s] = energy_score(a, b, x_0).mean().item()
+        assert mc[s] == pytest.approx(closed(s), rel=5e-3)
+    assert mc[sigma] < mc[0.5 * sigma] and mc[sigma] < mc[2 * sigma]
+    s_grid = np.linspace(0.05, 3, 2000)
+    assert s_grid[np.argmin([closed(s) for s in s_grid])] == pytest.approx(sigma, abs=2e-3)
+
+
+@pytest.mark.parametrize("with_div", [False, True])
+def test_energy_score_term_scores_two_z_at_the_same_x_t_against_the_x0_that_made_it(with_div):
+    """+ν·score(x̂₀(z₁), x̂₀(z₂); x₀) is added per sample on the same draws; the second z is drawn last and
+    shared with the diversity term when both are on (one extra G call in all)."""
+    s, x_0, n, nu = ddgan_schedule(DDGANConfig(T=4)), repeated_x0(64), 64, 0.6
+    g, D = ZSlopeG(0.2, 0.5), LinearD()
+    plain = generator_terms(g, D, s, x_0, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(plain["es"], torch.zeros(n))                              # off: not computed
+    mu = 0.7 if with_div else 0.0
+    terms = generator_terms(g, D, s, x_0, 3, generator=torch.Generator().manual_seed(5), es_weight=nu,
+                            div_weight=mu)
+    assert len(g.calls) == 3                                                     # plain: 1, here: 2
+    (_, z_plain, _), (xt_1, z_1, t_1), (xt_2, z_2, t_2) = g.calls
+    assert torch.equal(xt_1, xt_2) and torch.equal(t_1, t_2) and torch.equal(z_1, z_plain)
+    a = 0.2 + 0.5 * z_1[:, :1, None, None].double().expand(n, 1, 2, 2)           # x̂₀(z₁), x̂₀(z₂)
+    b = 0.2 + 0.5 * z_2[:, :1, None, None].double().expand(n, 1, 2, 2)
+    rms = lambda v: v.flatten(1).square().mean(dim=1).sqrt()
+    score = 0.5 * (rms(a - x_0) + rms(b - x_0)) - 0.5 * rms(a - b)
+    torch.testing.assert_close(terms["es"], score)
+    torch.testing.assert_close(terms["loss"], plain["loss"] + nu * score - mu * terms["div"].clamp(max=0.5))
+    assert torch.equal(terms["div"] > 0, torch.full((n,), with_div))
+
+
 def test_relativistic_pairing_costs_compare_the_real_and_fake_pair_of_the_same_x_t():
     """--loss rp: D's cost softplus(l_f − l_r) + R1 and G's softplus(l_r − l_f), on pairs sharing x_t and t;
     G's gradient equals the formula's."""
@@ -488,6 +545,31 @@ def test_gradients_reach_every_parameter_of_G_and_D(arch):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
 
 
+def test_t_weights_set_the_training_draws_of_t_and_uniform_stays_the_papers_draw():
+    """--t-weights w: P(t = k) = w_k / Σw in D's, G's and the denoiser start's draws; empty: torch.randint, as before."""
+    cfg = DDGANConfig(T=4, t_weights=(3.0, 2.0, 2.0, 1.0))
+    assert cfg.t_probs == (3 / 8, 2 / 8, 2 / 8, 1 / 8) and DDGANConfig(T=4).t_probs is None
+    t = sample_t(200_000, 4, "cpu", torch.Generator().manual_seed(0), cfg.t_probs)
+    assert t.dtype == torch.long and set(t.unique().tolist()) == {1, 2, 3, 4}
+    freq = torch.bincount(t, minlength=5)[1:].double() / len(t)
+    torch.testing.assert_close(freq, torch.tensor(cfg.t_probs, dtype=torch.float64), atol=4e-3, rtol=0)
+    assert set(sample_t(5000, 4, "cpu", torch.Generator().manual_seed(1), (0.5, 0.0, 0.5, 0.0)).tolist()) == {1, 3}
+    uniform = sample_t(100, 4, "cpu", torch.Generator().manual_seed(2))
+    assert torch.equal(uniform, torch.randint(1, 5, (100,), generator=torch.Generator().manual_seed(2)))
+    s, x_0, only_1 = ddgan_schedule(DDGANConfig(T=4)), repeated_x0(32), (1.0, 0.0, 0.0, 0.0)
+    G, D = ConstantG(0.2), LinearD()
+    assert (discriminator_terms(G, D, s, x_0, 3, 0.0, t_probs=only_1)["t"] == 1).all()
+    assert (generator_terms(G, D, s, x_0, 3, t_probs=only_1)["t"] == 1).all()
+    assert (regression_terms(G, s, x_0, 3, t_probs=(0.0, 0.0, 0.0, 1.0))["t"] == 4).all()
+
+
+@pytest.mark.parametrize("weights", [(1.0, 2.0, 3.0), (1.0, -1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.0),
+                                     (1.0, float("nan"), 1.0, 1.0)])
+def test_t_weights_must_be_T_finite_non_negative_weights(weights):
+    with pytest.raises(TrilemmaError, match="--t-weights: need 4 finite weights"):
+        DDGANConfig(T=4, t_weights=weights)
+
+
 def test_sampling_calls_G_T_times_from_T_down_to_1_and_returns_the_last_x0_hat():
     s = ddgan_schedule(DDGANConfig(T=4))
     G = ConstantG(0.25)
@@ -524,6 +606,7 @@ def test_sampling_with_a_real_generator_is_reproducible():
     (dict(rec_fade="linear"), "--rec-fade"),
     (dict(div_weight=-1.0), "--div-weight"),
     (dict(div_cap=0.0), "--div-cap"),
+    (dict(es_weight=-0.5), "--es-weight"),
     (dict(z_dim=0), "--z-dim"),
     (dict(lr_d=-1.0), "--lr-d"),
     (dict(beta2=1.0), "--beta2"),

@@ -247,6 +247,27 @@ def test_diversity_term_run_resumes_exactly_logs_its_ratio_and_is_recorded(tmp_p
     assert all(row["div"] == 0 for row in rows(tmp_path / "plain"))
 
 
+def test_energy_score_run_resumes_exactly_logs_its_score_and_is_recorded(tmp_path):
+    tiny(tmp_path / "straight", 4, es_weight=0.5)
+    tiny(tmp_path / "split", 2, es_weight=0.5)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["es_weight"] == 0.5
+    assert all(row["es"] > 0 for row in rows(tmp_path / "straight"))
+    tiny(tmp_path / "plain", 2)                                # off (the paper's): not computed, logged as 0
+    assert all(row["es"] == 0 for row in rows(tmp_path / "plain"))
+
+
+def test_t_weights_run_resumes_exactly_and_is_recorded(tmp_path):
+    tiny(tmp_path / "straight", 4, t_weights=(3.0, 2.0, 2.0, 1.0))
+    tiny(tmp_path / "split", 2, t_weights=(3.0, 2.0, 2.0, 1.0))
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["t_weights"] == [3.0, 2.0, 2.0, 1.0]
+    tiny(tmp_path / "uniform", 4)                              # the paper's uniform draw gives another run
+    assert rows(tmp_path / "uniform") != rows(tmp_path / "straight")
+
+
 def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):
     """D's update count lives in its parameter group (no read of Adam's step tensor, which a GPU would wait
     for); a run saved before that key (here: the key removed) takes it from Adam's counter once, in phase."""

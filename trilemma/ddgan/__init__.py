@@ -9,7 +9,7 @@
                     :class:`DDGANDiscriminator` D(x_{t−1}, x_t, t) → logit (``arch = "unet"``), their
                     DCGAN-sized twins :class:`DCGANGenerator` / :class:`DCGANDiscriminator` (``"dcgan"``),
                     and :func:`make_generator` / :func:`make_discriminator` that pick by ``arch``.
-- ``losses.py``     per-sample :func:`d_loss`, :func:`g_loss`, :func:`r1_penalty`, and the trainer's
+- ``losses.py``     per-sample :func:`d_loss`, :func:`g_loss`, :func:`r1_penalty`, :func:`energy_score`, and the trainer's
                     :func:`discriminator_terms` / :func:`generator_terms`.
 """
 
@@ -35,6 +35,7 @@ from trilemma.ddgan.diffusion import (
 from trilemma.ddgan.losses import (
     d_loss,
     discriminator_terms,
+    energy_score,
     g_loss,
     generator_terms,
     r1_from_logits,
@@ -51,7 +52,7 @@ from trilemma.ddgan.networks import (
 
 __all__ = [
     "DCGANDiscriminator", "DCGANGenerator", "DDGAN_SCHEDULES", "MAX_T", "PRESETS", "DDGANConfig", "DDGANDiscriminator", "DDGANGenerator",
-    "DDGANNetConfig", "d_loss", "ddgan_sample", "ddgan_schedule", "discriminator_terms", "g_loss",
+    "DDGANNetConfig", "d_loss", "ddgan_sample", "ddgan_schedule", "discriminator_terms", "energy_score", "g_loss",
     "generator_terms", "make_discriminator", "make_generator", "posterior_coefficients", "posterior_mean_var", "posterior_sample", "preset",
     "q_sample_pairs", "r1_from_logits", "r1_penalty", "sample_t", "vp_alpha_bar", "vp_betas",
 ]

@@ -58,6 +58,8 @@ class DDGANConfig:
                           check=nonneg)
     lazy_reg: int = opt(1, "apply R1 on every k-th discriminator step, unscaled as the paper's code (CIFAR-10: 15)",
                         check=int_in(1, 10_000))
+    t_weights: tuple[float, ...] = opt((), "relative weights of t = 1..T in the training draws of t, one per step, "
+                                           "e.g. 3,2,2,1 (empty: uniform, the paper's)")
     d_steps: int = opt(1, "discriminator updates per generator update, each on fresh pairs of the step's batch "
                             "(paper: 1)", check=int_in(1, 100))
     rec_weight: float = opt(0.0, "weight λ of an L1 reconstruction term λ·mean|x̂₀ − x₀| in G's cost (Trinh & "
@@ -78,6 +80,10 @@ class DDGANConfig:
                                  "per G update; 0: the paper's, none)", check=in_range(0.0, 1000.0))
     div_cap: float = opt(0.5, "cap τ of the diversity term of --div-weight (a pair of z earns nothing beyond it)",
                          check=positive)
+    es_weight: float = opt(0.0, "weight ν of an energy-score term ν·(½‖x̂₀(z₁) − x₀‖ + ½‖x̂₀(z₂) − x₀‖ − ½‖x̂₀(z₁) − "
+                                "x̂₀(z₂)‖) in G's cost (RMS norms; a strictly proper score of G's conditional "
+                                "q(x₀ | x_t); shares --div-weight's second G pass; 0: the paper's, none)",
+                           check=in_range(0.0, 1000.0))
     # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
     # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).
     lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator (the generator's is --lr)",
@@ -98,8 +104,17 @@ class DDGANConfig:
                 raise TrilemmaError(f"--beta-max: with beta_min = {self.beta_min:g}, beta_max = {self.beta_max:g} "
                                     f"and T = {self.T} a step's β reaches 1 in float64 (all signal gone before "
                                     f"the last step); use a smaller --beta-max/--beta-min (the paper's: 20 and 0.1)")
+        w = self.t_weights
+        if w and (len(w) != self.T or not all(math.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0):
+            raise TrilemmaError(f"--t-weights: need {self.T} finite weights >= 0 (one per step t = 1..{self.T}) "
+                                f"with a positive sum, got {','.join(f'{v:g}' for v in w)}")
         if self.schedule != "vp" and self.base_T < self.T:
             raise TrilemmaError(f"--base-T: must be >= T = {self.T} to respace to T steps, got {self.base_T}")
+
+    @property
+    def t_probs(self) -> tuple[float, ...] | None:
+        """P(t = 1..T) of the training draws: ``t_weights`` normalised, or None for the uniform draw."""
+        return tuple(v / sum(self.t_weights) for v in self.t_weights) if self.t_weights else None
 
     def rec_weight_at(self, progress: float) -> float:
         """λ at ``progress`` ∈ [0, 1] of the budget: ``rec_weight``, faded by 1 − σ(12·progress − 6) with ``sigmoid``.

@@ -100,11 +100,23 @@ def randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator |
     return torch.randn(*shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def sample_t(batch: int, T: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """t ~ Uniform{1..T}, one per sample: (B,) long."""
-    if generator is None:
-        return torch.randint(1, T + 1, (batch,), device=device)
-    return torch.randint(1, T + 1, (batch,), generator=generator, device=generator.device).to(device)
+def sample_t(batch: int, T: int, device: torch.device | str, generator: torch.Generator | None = None,
+             probs: Sequence[float] | None = None) -> torch.Tensor:
+    """t ~ Uniform{1..T} (``probs`` None), or P(t = k) = ``probs[k − 1]`` (summing to 1), one per sample: (B,) long.
+
+    The weighted draw inverts the cumulative probabilities at u ~ U[0, 1) from ``generator``, one
+    uniform per sample, on the host's or the generator's device.
+    """
+    where = device if generator is None else generator.device
+    if probs is None:
+        if generator is None:
+            return torch.randint(1, T + 1, (batch,), device=device)
+        return torch.randint(1, T + 1, (batch,), generator=generator, device=where).to(device)
+    if len(probs) != T:
+        raise ValueError(f"probs: need {T} probabilities for t = 1..{T}, got {len(probs)}")
+    cdf = torch.tensor(np.cumsum(probs)[:-1], dtype=torch.float64, device=where)      # (T − 1,)
+    u = torch.rand(batch, generator=generator, device=where, dtype=torch.float64)      # (B,)
+    return (torch.searchsorted(cdf, u, right=True) + 1).to(device)                     # (B,) in 1..T
 
 
 def _check_t(schedule: NoiseSchedule, t: torch.Tensor) -> None:

@@ -27,7 +27,7 @@ its next step).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,19 +83,35 @@ def r1_penalty(disc: Disc, x_prev_real: torch.Tensor, x_t: torch.Tensor, t: torc
     return r1_from_logits(disc(x_prev, x_t.detach(), t), x_prev, gamma)
 
 
+def energy_score(a: torch.Tensor, b: torch.Tensor, x_0: torch.Tensor) -> torch.Tensor:
+    """Per-sample energy score ½(‖a − x₀‖ + ‖b − x₀‖) − ½‖a − b‖ of two draws a, b of x̂₀ (Gneiting & Raftery 2007).
+
+    Norms are root-mean-squares over the C·H·W values (Euclidean norm / √(C·H·W)). Its expectation
+    over a, b ~ p(· | x_t) and x₀ ~ q(x₀ | x_t) is a strictly proper score: lowest exactly when
+    p(· | x_t) = q(x₀ | x_t), so it rewards as much spread as the true conditional has, no more
+    (the ½‖a − b‖ term pays for spread, the first two for closeness). 1e-12 under each root keeps
+    the gradient finite where two draws coincide (a zero-initialised G). (B, C, H, W) × 3 → (B,).
+    """
+    def rms(u: torch.Tensor) -> torch.Tensor:
+        u = u.to(torch.promote_types(u.dtype, torch.float32)).flatten(1)              # bf16 → fp32, fp64 kept
+        return u.square().mean(dim=1).add(1e-12).sqrt()                              # (B,)
+    return 0.5 * (rms(a - x_0) + rms(b - x_0)) - 0.5 * rms(a - b)
+
+
 def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
                         r1_gamma: float, generator: torch.Generator | None = None,
-                        loss: str = "ns") -> dict[str, torch.Tensor]:
+                        loss: str = "ns", t_probs: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """One D step's per-sample terms on data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters; ``d_loss`` is
     −log D(real) − log(1 − D(fake)), or softplus(l_fake − l_real) with ``loss="rp"``); ``d_real``
     and ``d_fake`` are D's probabilities σ(l) of the real and fake pairs (detached);
     ``t`` the steps drawn. ``r1_gamma = 0`` skips the penalty (lazy regularisation:
-    pass :meth:`DDGANConfig.r1_gamma_at` of the step). G runs without gradients.
+    pass :meth:`DDGANConfig.r1_gamma_at` of the step). G runs without gradients. ``t_probs``:
+    P(t = 1..T) (None: uniform, the paper's; :meth:`DDGANConfig.t_probs`).
     """
     B = x_0.shape[0]
-    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) in 1..T
+    t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) in 1..T
     x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
     x_prev = x_prev.detach().requires_grad_(r1_gamma > 0)
     real_logits = D(x_prev, x_t, t)                                                  # (B,)
@@ -111,30 +127,35 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
 
 def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
                     generator: torch.Generator | None = None, rec_weight: float = 0.0,
-                    loss: str = "ns", div_weight: float = 0.0, div_cap: float = 0.5) -> dict[str, torch.Tensor]:
+                    loss: str = "ns", div_weight: float = 0.0, div_cap: float = 0.5,
+                    es_weight: float = 0.0, t_probs: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) (``loss="rp"``: softplus(l_real − l_fake) against the real
     pair of the same x_t, whose logit is taken without gradients) + λ·``rec`` with λ = ``rec_weight``
-    − μ·min(``div``, τ) with μ = ``div_weight``, τ = ``div_cap`` (minimise its mean over G's
+    − μ·min(``div``, τ) with μ = ``div_weight``, τ = ``div_cap`` + ν·``es`` with ν = ``es_weight`` (minimise its mean over G's
     parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
     made x_t, detached); ``div`` = mean|x̂₀(z₁) − x̂₀(z₂)| / mean|z₁ − z₂|, how far a second z
     moves x̂₀ at the same x_t and t (DSGAN's diversity ratio; drawn and computed only when
-    ``div_weight > 0``, else 0; detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
+    ``div_weight > 0``, else 0; detached); t ~ ``t_probs`` as in :func:`discriminator_terms`; ``es`` = :func:`energy_score` of x̂₀(z₁), x̂₀(z₂) against the
+    x₀ that made x_t (computed only when ``es_weight > 0``, else 0; detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
     """
     B = x_0.shape[0]
-    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) fresh steps
+    t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) fresh steps
     x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
     z = randn((B, z_dim), x_0, generator)                                            # (B, z_dim)
     x0_hat = G(x_t, z, t)                                                            # (B, C, H, W)
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
     fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
-    if div_weight > 0:                                                               # a second z at the same x_t, t
+    div = es = torch.zeros(B, device=x_0.device)
+    if div_weight > 0 or es_weight > 0:                                              # a second z at the same x_t, t
         z_2 = randn((B, z_dim), x_0, generator)                                      # (B, z_dim)
-        moved = (x0_hat - G(x_t, z_2, t)).abs().flatten(1).mean(dim=1)              # (B,)
-        div = moved / (z - z_2).abs().mean(dim=1)                                    # (B,)
-    else:
-        div = torch.zeros(B, device=x_0.device)
+        x0_hat_2 = G(x_t, z_2, t)                                                    # (B, C, H, W)
+        if div_weight > 0:
+            moved = (x0_hat - x0_hat_2).abs().flatten(1).mean(dim=1)                 # (B,)
+            div = moved / (z - z_2).abs().mean(dim=1)                                # (B,)
+        if es_weight > 0:
+            es = energy_score(x0_hat, x0_hat_2, x_0.detach())                        # (B,)
     if loss == "rp":                                                                 # against the real pair of the same x_t
         with torch.no_grad():                                                        # no path to G's parameters
             real_logits = D(x_prev, x_t, t)                                          # (B,)
@@ -142,20 +163,21 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     else:
         adversarial = g_loss(fake_logits)                                            # (B,)
     rec = (x0_hat - x_0).abs().flatten(1).mean(dim=1)                                 # (B,)
-    return {"loss": adversarial + rec_weight * rec - div_weight * div.clamp(max=div_cap), "rec": rec.detach(),
-            "div": div.detach(),
+    return {"loss": adversarial + rec_weight * rec - div_weight * div.clamp(max=div_cap) + es_weight * es,
+            "rec": rec.detach(), "div": div.detach(), "es": es.detach(),
             "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
 
 
 def regression_terms(G: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
-                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                     generator: torch.Generator | None = None,
+                     t_probs: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """G as a denoiser (``--pretrain``): per-sample mean (x̂₀ − x₀)² at t ~ U{1..T}, x_t ~ q(x_t | x₀); each (B,).
 
     ``loss`` = mean squared error over the pixels (its minimiser over G is E[x₀ | x_t]); ``rec``
-    = mean |x̂₀ − x₀| as in :func:`generator_terms`, detached; ``t`` the steps drawn.
+    = mean |x̂₀ − x₀| as in :func:`generator_terms`, detached; ``t`` the steps drawn (from ``t_probs``).
     """
     B = x_0.shape[0]
-    t = sample_t(B, schedule.T, x_0.device, generator)                               # (B,) in 1..T
+    t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) in 1..T
     _, x_t = q_sample_pairs(schedule, x_0, t, generator)                              # (B, C, H, W)
     x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                            # (B, C, H, W)
     err = (x0_hat.float() - x_0.float()).flatten(1)                                  # (B, C·H·W)

@@ -122,14 +122,15 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
-            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise, ddgan.loss)
+            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise, ddgan.loss,
+                                          ddgan.t_probs)
         grad_norm_d = update(opt_d, D, d_terms["loss"].float().mean(), grad_clip)
         opt_d.param_groups[0]["d_updates"] += 1
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
         g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss,
-                                  ddgan.div_weight, ddgan.div_cap)
+                                  ddgan.div_weight, ddgan.div_cap, ddgan.es_weight, ddgan.t_probs)
     loss_g = g_terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss_g, grad_clip)
     D.requires_grad_(True)
@@ -137,7 +138,7 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
             "r1": d_terms["r1"].detach().float().mean(), "d_real": d_terms["d_real"].float().mean(),
             "d_fake": d_terms["d_fake"].float().mean(), "d_fake_g": g_terms["d_fake"].float().mean(),
             "rec": g_terms["rec"].float().mean(), "div": g_terms["div"].float().mean(),
-            "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
+            "es": g_terms["es"].float().mean(), "grad_norm_d": grad_norm_d, "grad_norm_g": grad_norm_g}
 
 
 def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedule, x_0: torch.Tensor,
@@ -151,12 +152,12 @@ def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedul
     """
     device = x_0.device
     with autocast(device, bf16):
-        terms = regression_terms(G, schedule, x_0, ddgan.z_dim, noise)
+        terms = regression_terms(G, schedule, x_0, ddgan.z_dim, noise, ddgan.t_probs)
     loss = terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss, grad_clip)
     zero = torch.zeros((), device=device)
     return {"loss": loss.detach(), "loss_g": loss.detach(), "loss_d": zero, "r1": zero, "d_real": zero,
-            "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "div": zero, "grad_norm_d": zero,
+            "d_fake": zero, "d_fake_g": zero, "rec": terms["rec"].float().mean(), "div": zero, "es": zero, "grad_norm_d": zero,
             "grad_norm_g": grad_norm_g}
 
 
@@ -210,6 +211,8 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec += "; G predicts v" if ddgan.prediction == "v" else ""
     rec += "; relativistic pairing costs" if ddgan.loss == "rp" else ""
     rec += f"; diversity term μ = {ddgan.div_weight:g}, τ = {ddgan.div_cap:g}" if ddgan.div_weight > 0 else ""
+    rec += f"; t drawn with weights {','.join(f'{v:g}' for v in ddgan.t_weights)}" if ddgan.t_weights else ""
+    rec += f"; energy-score term ν = {ddgan.es_weight:g}" if ddgan.es_weight > 0 else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
