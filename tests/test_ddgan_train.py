@@ -17,6 +17,7 @@ from trilemma.ddgan.networks import DDGANGenerator
 from trilemma.ddgan.run import DDGANRun
 from trilemma.ddgan.losses import discriminator_terms, generator_terms
 from trilemma.ddgan.train import ddgan_iteration, train_ddgan
+from trilemma.gan.train import train_gan
 from trilemma.registry import load_run
 from trilemma.run import SampleOptions
 from trilemma.utils.io import load_tensors, tensors_metadata
@@ -201,6 +202,25 @@ def test_bench_recall_sources_splits_evals_recall(tmp_path):
     bad = bench("recall_sources.py", tmp_path / "dd", other, "--n", "8")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith(f"recall_sources: {other}: trained on mnist-5k")
+
+def test_bench_ddgan_steps_scores_the_chain_from_each_real_x_k_and_the_spread_ratio(tmp_path):
+    """bench/ddgan_steps.py: x₀ itself scores as the floor, every chain start is scored, r_t per step; a
+    non-DDGAN run is a one-line error."""
+    tiny(tmp_path / "dd", 2, T=2)
+    done = bench("ddgan_steps.py", tmp_path / "dd", "--n", "64", "--batch-size", "32", "--json", tmp_path / "st.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "st.json").read_text())
+    assert list(result["rows"]) == ["x₀ itself", "from real x_2", "from real x_1"]
+    floor = result["rows"]["x₀ itself"]
+    assert floor["fid"] < min(r["fid"] for name, r in result["rows"].items() if name != "x₀ itself")
+    assert floor["recall"] > 0.5 and set(result["spread_ratio"]) == {"1", "2"}
+    assert all(0 <= v < 10 for v in result["spread_ratio"].values())
+    assert "| from real x_1 |" in done.stdout and "t = 2" in done.stdout
+    train_gan(tmp_path / "gan", data="digits", preset="tiny", steps=1, batch_size=4, progress=False, device="cpu")
+    bad = bench("ddgan_steps.py", tmp_path / "gan", "--n", "16")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == f"ddgan_steps: {tmp_path / 'gan'}: a gan run, not a DDGAN run"
+
 
 def test_d_learning_rate_follows_the_schedule_at_its_own_ratio(tmp_path):
     tiny(tmp_path / "dd", 2, warmup_steps=4, lr=2e-4, lr_d=1e-4)
