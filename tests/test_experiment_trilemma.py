@@ -38,11 +38,23 @@ def test_the_latent_ddgan_is_half_as_wide_at_the_small_preset():
     assert (small["base_channels"], small["d_channels"]) == (PRESETS["small"]["base_channels"] // 2,
                                                              PRESETS["small"]["d_channels"] // 2)
     assert "base_channels" not in tiny and "d_channels" not in tiny and "base_channels" not in lddgan_options("base")
-    assert {k: small[k] for k in tiny} == tiny == {"lr": 6.4e-4, "lr_d": 1e-3, "d_steps": 2, "div_weight": 1.0}
+    assert {k: small[k] for k in tiny} == tiny == {"lr": 6.4e-4, "lr_d": 1e-3, "d_steps": 2, "div_weight": 1.0,
+                                                   "t_weights": (3.0, 2.0, 2.0, 1.0)}
     widths = {k: small[k] for k in ("base_channels", "d_channels")}
     net, full = latent_preset("small", 7, 4, **widths), latent_preset("small", 7, 4)
     for make, ratio in ((lambda c: make_generator(c, 100), 0.5), (make_discriminator, 0.3)):   # G 0.42M of 1.22M,
         assert count_parameters(make(net)) < ratio * count_parameters(make(full))              # D 0.13M of 0.51M
+
+
+def test_the_latent_ddgan_draws_t_towards_the_last_step_at_T_4_and_uniformly_at_other_T():
+    from trilemma.ddgan.config import DDGANConfig
+
+    for preset in ("tiny", "small"):
+        weights = lddgan_options(preset, 60.0)["t_weights"]
+        assert DDGANConfig(T=4, t_weights=weights).t_probs == (3 / 8, 2 / 8, 2 / 8, 1 / 8)
+        other = lddgan_options(preset, 60.0, T=2)
+        assert "t_weights" not in other and other == {k: v for k, v in lddgan_options(preset, 60.0).items()
+                                                     if k != "t_weights"}
 
 
 def test_the_latent_ddgan_decays_its_rates_to_a_floor_only_on_long_budgets():
@@ -68,6 +80,7 @@ def test_the_experiment_gives_the_latent_ddgan_its_own_minutes_and_the_decay_the
     assert seen["minutes"] == pytest.approx(minutes - 30) and seen["autoencoder"] == out / "ae"
     assert seen["base_channels"] == 16 and seen.get("lr_decay") == ("cosine" if decayed else None)
     assert seen.get("lr_final") == (0.25 if decayed else None)
+    assert seen["T"] == 4 and seen["t_weights"] == (3.0, 2.0, 2.0, 1.0)
 
 
 def test_run_state_tells_a_finished_run_from_an_interrupted_one(tmp_path):
