@@ -133,12 +133,14 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) (``loss="rp"``: softplus(l_real − l_fake) against the real
     pair of the same x_t, whose logit is taken without gradients) + λ·``rec`` with λ = ``rec_weight``
-    − μ·min(``div``, τ) with μ = ``div_weight``, τ = ``div_cap`` + ν·``es`` with ν = ``es_weight`` (minimise its mean over G's
-    parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1 reconstruction of the x₀ that
-    made x_t, detached); ``div`` = mean|x̂₀(z₁) − x̂₀(z₂)| / mean|z₁ − z₂|, how far a second z
-    moves x̂₀ at the same x_t and t (DSGAN's diversity ratio; drawn and computed only when
-    ``div_weight > 0``, else 0; detached); t ~ ``t_probs`` as in :func:`discriminator_terms`; ``es`` = :func:`energy_score` of x̂₀(z₁), x̂₀(z₂) against the
-    x₀ that made x_t (computed only when ``es_weight > 0``, else 0; detached); ``d_fake`` = σ(l) of the pairs (detached), ``t`` the steps drawn.
+    − μ·min(``div``, τ) with μ = ``div_weight``, τ = ``div_cap`` + ν·``es`` with ν = ``es_weight``
+    (minimise its mean over G's parameters); ``rec`` = mean |x̂₀ − x₀| over the pixels (the L1
+    reconstruction of the x₀ that made x_t, detached); ``div`` = mean|x̂₀(z₁) − x̂₀(z₂)| / mean|z₁ − z₂|,
+    how far a second z moves x̂₀ at the same x_t and t (DSGAN's diversity ratio; computed only when
+    ``div_weight > 0``, else 0; detached); ``es`` = :func:`energy_score` of x̂₀(z₁), x̂₀(z₂) against
+    the x₀ that made x_t (computed only when ``es_weight > 0``, else 0; detached; the second z is
+    drawn once for both terms); ``d_fake`` = σ(l) of the pairs (detached); ``t`` the steps drawn,
+    from ``t_probs`` as in :func:`discriminator_terms`.
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) fresh steps
