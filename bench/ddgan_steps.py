@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ddgan_fresh_d import Data
 from trilemma.data.transforms import to_uint8
-from trilemma.ddgan.diffusion import posterior_sample
+from trilemma.ddgan.diffusion import ddgan_sample
 from trilemma.ddgan.run import DDGANRun
 from trilemma.errors import TrilemmaError
 from trilemma.metrics import evaluate_images
@@ -46,11 +46,7 @@ def q_sample(run: DDGANRun, x_0: torch.Tensor, k: int, g: torch.Generator) -> to
 @torch.no_grad()
 def chain_from(run: DDGANRun, x_k: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """The sampler's steps k … 1 from x_k (G's sampling weights, the posterior step), decoded to images."""
-    x = x_k
-    for step in range(k, 0, -1):
-        t = torch.full((len(x),), step, dtype=torch.long)
-        x = posterior_sample(run.schedule, run.G(x, torch.randn(len(x), run.ddgan.z_dim, generator=g), t), x, t, g)
-    return run.decode(x)
+    return run.decode(ddgan_sample(run.G, x_k, run.schedule, run.ddgan.z_dim, generator=g, start=k))
 
 
 @torch.no_grad()

@@ -581,6 +581,13 @@ def test_sampling_calls_G_T_times_from_T_down_to_1_and_returns_the_last_x0_hat()
     assert torch.equal(x_0, torch.full((3, 1, 2, 2), 0.25, dtype=torch.float64))
 
 
+def test_sampling_from_a_later_start_runs_only_steps_k_to_1():
+    s, G = ddgan_schedule(DDGANConfig(T=4)), ConstantG(0.25)
+    x_0 = ddgan_sample(G, torch.randn(3, 1, 2, 2, dtype=torch.float64), s, z_dim=5, start=2)
+    assert [call[2].tolist() for call in G.calls] == [[2] * 3, [1] * 3]
+    assert torch.equal(x_0, torch.full((3, 1, 2, 2), 0.25, dtype=torch.float64))
+
+
 def test_sampling_with_a_real_generator_is_reproducible():
     torch.manual_seed(0)
     G = DDGANGenerator(preset("tiny", 8, 1), z_dim=10).eval()

@@ -191,7 +191,8 @@ Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 @torch.no_grad()
 def ddgan_sample(generator_net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                  x_T: torch.Tensor, schedule: NoiseSchedule, z_dim: int,
-                 generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, callback: Callback | None = None,
+                 start: int | None = None) -> torch.Tensor:
     """x_0 from x_T ~ N(0, I) in T generator calls (paper Alg. / ``sample_from_model`` of its code).
 
         for t = T..1:  z ~ N(0, I);  x̂₀ = G(x_t, z, t);  x_{t−1} ~ q(x_{t−1} | x_t, x̂₀)
@@ -199,10 +200,11 @@ def ddgan_sample(generator_net: Callable[[torch.Tensor, torch.Tensor, torch.Tens
     The result is the last step's x_0, which is the t = 1 posterior mean, i.e.
     x̂₀ = G(x_1, z, 1) itself (see :func:`posterior_sample`); the paper's code
     returns the same quantity. ``callback(t, x_t, x0_hat)`` is called at each step.
+    ``start = k`` (1..T, default T) runs only steps k..1, taking ``x_T`` to be an x_k.
     """
     x = x_T                                                                          # (B, C, H, W)
     B = x.shape[0]
-    for step in range(schedule.T, 0, -1):
+    for step in range(schedule.T if start is None else start, 0, -1):
         t = torch.full((B,), step, dtype=torch.long, device=x.device)               # (B,)
         z = randn((B, z_dim), x, generator)                                          # (B, z_dim)
         x0_hat = generator_net(x, z, t)                                              # (B, C, H, W)
