@@ -35,7 +35,7 @@ from trilemma.ddgan.run import DDGANRun
 def pair_terms(D, run: DDGANRun, data: Data, batch: int, g: torch.Generator) -> dict[str, torch.Tensor]:
     """D's terms on one batch of real and fake pairs at random t (the trainer's own, without R1)."""
     x_0 = data(torch.randint(0, data.n, (batch,), generator=g), g)
-    return discriminator_terms(run.G, D, run.schedule, x_0, run.ddgan.z_dim, 0.0, g)
+    return discriminator_terms(run.G, D, run.schedule, x_0, run.G.z_numel, 0.0, g)
 
 
 @torch.no_grad()
@@ -61,7 +61,7 @@ def z_spread_per_t(run: DDGANRun, data: Data, draws: int, batch: int, seed: int)
     for k in range(1, run.schedule.T + 1):
         t = torch.full((batch,), k)
         _, x_t = q_sample_pairs(run.schedule, x_0, t, g)
-        x0_hat = torch.stack([run.G(x_t, torch.randn(batch, run.ddgan.z_dim, generator=g), t) for _ in range(draws)])
+        x0_hat = torch.stack([run.G(x_t, torch.randn(batch, run.G.z_numel, generator=g), t) for _ in range(draws)])
         out[k] = {"over_z": x0_hat.var(0).mean().item(), "over_x_t": x0_hat.mean(0).var(0).mean().item()}
     return out
 

@@ -46,7 +46,7 @@ def q_sample(run: DDGANRun, x_0: torch.Tensor, k: int, g: torch.Generator) -> to
 @torch.no_grad()
 def chain_from(run: DDGANRun, x_k: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     """The sampler's steps k … 1 from x_k (G's sampling weights, the posterior step), decoded to images."""
-    return run.decode(ddgan_sample(run.G, x_k, run.schedule, run.ddgan.z_dim, generator=g, start=k))
+    return run.decode(ddgan_sample(run.G, x_k, run.schedule, run.G.z_numel, generator=g, start=k))
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def spread_ratio(run: DDGANRun, x_0: torch.Tensor, g: torch.Generator) -> dict[i
     out = {}
     for k in range(1, run.ddgan.T + 1):
         x_k, t = q_sample(run, x_0, k, g), torch.full((len(x_0),), k, dtype=torch.long)
-        a, b = (run.G(x_k, torch.randn(len(x_0), run.ddgan.z_dim, generator=g), t) for _ in range(2))
+        a, b = (run.G(x_k, torch.randn(len(x_0), run.G.z_numel, generator=g), t) for _ in range(2))
         out[k] = float((a - b).square().mean() / (a - x_0).square().mean())
     return out
 

@@ -486,6 +486,33 @@ def test_z_and_t_change_the_generator_and_t_changes_the_discriminator(arch):
         assert (D(torch.randn_like(x), x, t) - D(x, x, t)).abs().min() > 1e-4             # so does x_{t−1}
 
 
+def test_spatial_noise_maps_are_the_tail_of_z_and_change_x0_hat_place_by_place():
+    torch.manual_seed(0)
+    c = preset("tiny", 8, 1, z_maps=2)
+    G = perturb(make_generator(c, z_dim=10))
+    assert G.z_numel == 10 + 2 * 8 * 8 and make_generator(preset("tiny", 8, 1), z_dim=10).z_numel == 10
+    assert G.conv_in.in_channels == 1 + 2                                             # x_t and the maps
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 1)
+    z = torch.randn(4, G.z_numel)
+    with torch.no_grad():
+        out = G(x, z, t)
+        assert out.shape == x.shape
+        local = z.clone()
+        local[:, 10:].view(4, 2, 8, 8)[:, :, 0, 0] += 3.0                             # one corner of the maps
+        moved = (G(x, local, t) - out).abs()                                          # (4, 1, 8, 8)
+        assert moved[..., 0, 0].min() > 1e-4                                          # the maps matter there …
+        glob = z.clone()
+        glob[:, :10] = torch.randn(4, 10)
+        assert (G(x, glob, t) - out).abs().max() > 1e-3                               # … and so does the global z
+        # the maps are read as (k, H, W) per sample: the same values give the same x̂₀ from a one-sample batch
+        torch.testing.assert_close(G(x[1:2], z[1:2], t[1:2]), out[1:2], rtol=1e-5, atol=1e-6)
+
+
+def test_spatial_noise_maps_are_for_the_unet_generator_only():
+    with pytest.raises(TrilemmaError, match="--z-maps.*--arch unet"):
+        DDGANNetConfig(image_size=8, arch="dcgan", z_maps=1)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_discriminator_logits_depend_on_their_own_pair_only(arch):
     torch.manual_seed(0)

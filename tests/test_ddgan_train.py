@@ -288,6 +288,20 @@ def test_t_weights_run_resumes_exactly_and_is_recorded(tmp_path):
     assert rows(tmp_path / "uniform") != rows(tmp_path / "straight")
 
 
+def test_spatial_noise_maps_run_resumes_exactly_is_recorded_and_samples(tmp_path):
+    tiny(tmp_path / "straight", 4, z_maps=1)
+    tiny(tmp_path / "split", 2, z_maps=1)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["model"]["z_maps"] == 1
+    r = load_run(tmp_path / "split", device="cpu")
+    assert r.G.z_numel == r.ddgan.z_dim + r.net_config.image_size ** 2
+    a, b = (r.generate(4, seed=s) for s in (0, 0))
+    assert torch.equal(a, b) and a.shape[0] == 4                                      # reproducible by the seed
+    tiny(tmp_path / "plain", 4)                                                       # off: another run
+    assert rows(tmp_path / "plain") != rows(tmp_path / "straight")
+
+
 def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):
     """D's update count lives in its parameter group (no read of Adam's step tensor, which a GPU would wait
     for); a run saved before that key (here: the key removed) takes it from Adam's counter once, in phase."""

@@ -156,6 +156,9 @@ class DDGANNetConfig:
     mbstd_group: int = opt(0, "discriminator: minibatch standard deviation over groups of this many pairs "
                               "(0, the default: off; the paper's code: 4)", flag="mbstd-group",
                            check=int_in(0, 1024))
+    z_maps: int = opt(0, "generator: channels of spatial noise N(0, I) at the input's resolution, concatenated to "
+                         "x_t at G's input beside the global z (0, the default: off; unet only)", flag="z-maps",
+                      check=int_in(0, 64))
     arch: str = opt("unet", "networks: unet (the paper's U-Net G with AdaGN and ResNet D) or dcgan (G and D at "
                             "DCGAN size for s·2^n pixels: base-channels is G's first width, d-channels D's)",
                     choices=("unet", "dcgan"))
@@ -181,6 +184,8 @@ class DDGANNetConfig:
             raise TrilemmaError(f"DDGAN option n_mlp: must be an integer >= 0, got {self.n_mlp!r}")
         if not 0 <= self.dropout < 1:
             raise TrilemmaError(f"DDGAN option dropout: must be in [0, 1), got {self.dropout}")
+        if self.arch == "dcgan" and self.z_maps:
+            raise TrilemmaError("--z-maps: spatial noise maps are an input of the U-Net generator only (--arch unet)")
         if self.arch == "dcgan":
             try:
                 dcgan_geometry(self.image_size)

@@ -10,7 +10,10 @@ mapping network; PixelNorm first), modulates both GroupNorms:
 AdaGN(h) = GroupNorm(h) · (1 + s) + b with (s, b) a linear map of [e_t, w]. The
 paper's blocks take (s, b) from w alone; here t is in it too, at no cost.
 Output: tanh, so x̂₀ ∈ (−1, 1) like the data (the paper's default; ``tanh=False``
-gives the raw conv output).
+gives the raw conv output). With ``z_maps = k`` > 0, z also carries k maps of spatial noise
+N(0, I) at the input's resolution (its last k·H·W entries, :attr:`GeneratorOutput.z_numel`), which
+are concatenated to x_t at G's input: a source of variation that differs from place to place, which
+the global w (one scale and shift per channel) cannot give directly.
 
 Discriminator: the pair is concatenated along channels, (B, 2C, H, W), a 1×1
 conv lifts it to 2·ndf channels, then ResNet down-blocks (LeakyReLU(0.2) → conv
@@ -128,10 +131,16 @@ class GeneratorOutput(nn.Module):
     """
 
     config: DDGANNetConfig
+    z_dim: int
 
     def __init__(self):
         super().__init__()
         self.register_buffer("v_coefficients", None, persistent=False)
+
+    @property
+    def z_numel(self) -> int:
+        """Entries of G's noise input z: the global z_dim, then ``config.z_maps`` spatial maps of H × W."""
+        return self.z_dim + self.config.z_maps * self.config.image_size ** 2
 
     def predict_v(self, alpha_bar: np.ndarray) -> None:
         """Read the output as v̂ from now on, with ᾱ_t = ``alpha_bar[t]`` (t = 0..T)."""
@@ -166,7 +175,7 @@ class DDGANGenerator(GeneratorOutput):
         def block(in_ch: int, out_ch: int) -> AdaGNResBlock:
             return AdaGNResBlock(in_ch, out_ch, temb_dim, cond_dim, c.dropout)
 
-        self.conv_in = nn.Conv2d(c.channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.channels + c.z_maps, ch, 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         skip_channels, width = [ch], ch
@@ -203,12 +212,16 @@ class DDGANGenerator(GeneratorOutput):
 
     def forward(self, x_t: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(sinusoidal_embedding(t, self.config.base_channels).to(x_t.dtype))  # (B, 4ch)
+        x_in = x_t
+        if self.config.z_maps:                                                       # spatial noise beside x_t
+            maps = z[:, self.z_dim:].reshape(len(z), self.config.z_maps, *x_t.shape[-2:])   # (B, k, H, W)
+            z, x_in = z[:, :self.z_dim], torch.cat([x_t, maps.to(x_t.dtype)], dim=1)       # (B, C + k, H, W)
         w = self.mapping(z)                                                          # (B, z_emb_dim)
         cond = torch.cat([temb, w], dim=1)                                           # (B, 4ch + z_emb_dim)
         if x_t.shape[-2] * x_t.shape[-1] >= self.CHANNELS_LAST_FROM:                # channels-last on the CPU
-            h = activation_layout(self.conv_in(activation_layout(x_t)))              # (B, ch, H, W)
+            h = activation_layout(self.conv_in(activation_layout(x_in)))             # (B, ch, H, W)
         else:
-            h = self.conv_in(x_t)
+            h = self.conv_in(x_in)
         skips = [h]
         for level, blocks in enumerate(self.down):
             for res_block in blocks:

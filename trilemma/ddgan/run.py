@@ -103,7 +103,7 @@ class DDGANRun(GeneratorRun):
             if callback is not None:
                 callback(t, x_t, x0_hat)
 
-        x_0 = ddgan_sample(self.G, x_T, self.schedule, self.ddgan.z_dim, generator=generator, callback=step)
+        x_0 = ddgan_sample(self.G, x_T, self.schedule, self.G.z_numel, generator=generator, callback=step)
         if return_trajectory:
             traj["x_t"].append(x_0.cpu())
             return self.decode(x_0), traj

@@ -46,6 +46,7 @@ from trilemma.ldm.train import LatentSource, autoencoder_info, keep_autoencoder_
 from trilemma.nets.unet import count_parameters
 from trilemma.options import build, overrides
 from trilemma.train.common import TrainConfig, adamw, grad_norm_and_clip
+from trilemma.train.distributed import unwrap
 from trilemma.train.family import (
     Built,
     TrainSpec,
@@ -59,7 +60,7 @@ from trilemma.utils.device import autocast
 from trilemma.viz import save_grid
 
 PREVIEW_N = 64
-NET_OVERRIDES = ("base_channels", "d_channels", "mbstd_group", "arch")
+NET_OVERRIDES = ("base_channels", "d_channels", "mbstd_group", "z_maps", "arch")
 
 
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
@@ -116,20 +117,20 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
     μ = ``ddgan.div_weight`` (both 0 by default; docs/methods.md §11). While ``progress`` is below
     ``ddgan.pretrain`` the iteration is :func:`pretrain_iteration` instead (G alone).
     """
-    device = x_0.device
+    device, z_numel = x_0.device, unwrap(G).z_numel                      # z's entries (the global z_dim + maps)
     if progress < ddgan.pretrain:                                        # G alone: regress x̂₀ on x₀
         return pretrain_iteration(G, opt_g, schedule, x_0, ddgan, noise, grad_clip, bf16)
     for _ in range(ddgan.d_steps):                                       # --d-steps D updates, fresh t, pairs and z
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
-            d_terms = discriminator_terms(G, D, schedule, x_0, ddgan.z_dim, gamma, noise, ddgan.loss,
+            d_terms = discriminator_terms(G, D, schedule, x_0, z_numel, gamma, noise, ddgan.loss,
                                           ddgan.t_probs)
         grad_norm_d = update(opt_d, D, d_terms["loss"].float().mean(), grad_clip)
         opt_d.param_groups[0]["d_updates"] += 1
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
-        g_terms = generator_terms(G, D, schedule, x_0, ddgan.z_dim, noise, ddgan.rec_weight_at(progress), ddgan.loss,
+        g_terms = generator_terms(G, D, schedule, x_0, z_numel, noise, ddgan.rec_weight_at(progress), ddgan.loss,
                                   ddgan.div_weight, ddgan.div_cap, ddgan.es_weight, ddgan.t_probs)
     loss_g = g_terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss_g, grad_clip)
@@ -152,7 +153,7 @@ def pretrain_iteration(G: torch.nn.Module, opt_g: torch.optim.Optimizer, schedul
     """
     device = x_0.device
     with autocast(device, bf16):
-        terms = regression_terms(G, schedule, x_0, ddgan.z_dim, noise, ddgan.t_probs)
+        terms = regression_terms(G, schedule, x_0, unwrap(G).z_numel, noise, ddgan.t_probs)
     loss = terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss, grad_clip)
     zero = torch.zeros((), device=device)
@@ -203,7 +204,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
         was_training = sampling_net.training
         sampling_net.eval()
         g = torch.Generator().manual_seed(4321)                          # its own RNG: training RNGs untouched
-        x_0 = ddgan_sample(sampling_net, x_T_preview.to(device), schedule, ddgan.z_dim, generator=g)
+        x_0 = ddgan_sample(sampling_net, x_T_preview.to(device), schedule, G.z_numel, generator=g)
         save_grid(x_0 if ae is None else ae.decode(x_0), out / "samples" / f"step_{at_step:07d}.png")
         sampling_net.train(was_training)
 
@@ -213,6 +214,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec += f"; diversity term μ = {ddgan.div_weight:g}, τ = {ddgan.div_cap:g}" if ddgan.div_weight > 0 else ""
     rec += f"; t drawn with weights {','.join(f'{v:g}' for v in ddgan.t_weights)}" if ddgan.t_weights else ""
     rec += f"; energy-score term ν = {ddgan.es_weight:g}" if ddgan.es_weight > 0 else ""
+    rec += f"; {net.z_maps} spatial noise map(s) into G" if net.z_maps else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
