@@ -32,7 +32,7 @@ from trilemma.ddgan import (
     r1_penalty,
 )
 from trilemma.ddgan.diffusion import respaced_steps, sample_t
-from trilemma.ddgan.losses import regression_terms
+from trilemma.ddgan.losses import hide_x_t, regression_terms
 from trilemma.ddgan.networks import minibatch_stddev
 from trilemma.diffusion.schedule import make_schedule
 from trilemma.errors import TrilemmaError
@@ -229,6 +229,48 @@ def test_discriminator_terms_with_zero_gamma_skips_r1():
     terms = discriminator_terms(ConstantG(0.0), LinearD(), s, repeated_x0(8), 3, r1_gamma=0.0)
     assert torch.equal(terms["r1"], torch.zeros(8, dtype=torch.float64))
     assert torch.equal(terms["loss"], terms["d_loss"])
+
+
+def test_hide_x_t_zeroes_whole_samples_with_probability_p_and_draws_nothing_at_zero():
+    x_t = torch.randn(20_000, 1, 2, 2, dtype=torch.float64) + 3.0                  # no sample is zero by chance
+    g = torch.Generator().manual_seed(0)
+    assert hide_x_t(x_t, 0.0, g) is x_t and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    seen = hide_x_t(x_t, 0.3, g)
+    hidden = (seen == 0).flatten(1).all(1)                                           # (n,)
+    assert torch.equal(seen[~hidden], x_t[~hidden]) and (seen != 0).flatten(1).all(1).eq(~hidden).all()
+    assert hidden.double().mean().item() == pytest.approx(0.3, abs=0.015)
+
+
+@pytest.mark.parametrize("loss", ["ns", "rp"])
+def test_d_uncond_hides_the_same_x_t_from_the_real_and_fake_pair_and_G_still_sees_it(loss):
+    T, n, p = 4, 4000, 0.4
+    s = ddgan_schedule(DDGANConfig(T=T))
+    G, D = ConstantG(0.5), LinearD()
+    terms = discriminator_terms(G, D, s, repeated_x0(n), 3, 0.1, torch.Generator().manual_seed(2), loss=loss,
+                                d_uncond=p)
+    (xp_real, xt_real, _), (xp_fake, xt_fake, _) = D.calls
+    (g_xt, _, _), = G.calls
+    hidden = (xt_real == 0).flatten(1).all(1)
+    assert torch.equal(xt_real, xt_fake) and torch.equal(xt_real[~hidden], g_xt[~hidden])
+    assert not (g_xt == 0).flatten(1).all(1).any() and hidden.double().mean().item() == pytest.approx(p, abs=0.03)
+    l_real = D.w * xp_real.flatten(1).sum(1) + D.u * xt_real.flatten(1).sum(1) + D.b    # the loss is on D's view
+    l_fake = D.w * xp_fake.flatten(1).sum(1) + D.u * xt_fake.flatten(1).sum(1) + D.b
+    expected = F.softplus(l_fake - l_real) if loss == "rp" else F.softplus(-l_real) + F.softplus(l_fake)
+    torch.testing.assert_close(terms["d_loss"], expected)
+    G.calls.clear(), D.calls.clear()
+    terms = generator_terms(G, D, s, repeated_x0(n), 3, torch.Generator().manual_seed(3), loss=loss, d_uncond=p)
+    *real, (xp_fake, xt_fake, _) = D.calls
+    (g_xt, _, _), = G.calls
+    hidden = (xt_fake == 0).flatten(1).all(1)
+    assert torch.equal(xt_fake[~hidden], g_xt[~hidden]) and not (g_xt == 0).flatten(1).all(1).any()
+    assert hidden.double().mean().item() == pytest.approx(p, abs=0.03)
+    if loss == "rp":                                                               # the real pair of the same x_t, hidden alike
+        assert torch.equal(real[0][1], xt_fake)
+    # p = 0 is the paper's game, draw for draw
+    a = generator_terms(ConstantG(0.5), LinearD(), s, repeated_x0(64), 3, torch.Generator().manual_seed(4), loss=loss)
+    b = generator_terms(ConstantG(0.5), LinearD(), s, repeated_x0(64), 3, torch.Generator().manual_seed(4), loss=loss,
+                        d_uncond=0.0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_generator_terms_loss_and_its_gradient_equal_the_formula():

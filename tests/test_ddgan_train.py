@@ -302,6 +302,16 @@ def test_spatial_noise_maps_run_resumes_exactly_is_recorded_and_samples(tmp_path
     assert rows(tmp_path / "plain") != rows(tmp_path / "straight")
 
 
+def test_d_uncond_run_resumes_exactly_and_is_recorded(tmp_path):
+    tiny(tmp_path / "straight", 4, d_uncond=0.5)
+    tiny(tmp_path / "split", 2, d_uncond=0.5)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["d_uncond"] == 0.5
+    tiny(tmp_path / "plain", 4)                                                       # off: another run
+    assert rows(tmp_path / "plain") != rows(tmp_path / "straight")
+
+
 def test_d_updates_are_counted_on_the_host_and_old_runs_resume_in_phase(tmp_path):
     """D's update count lives in its parameter group (no read of Adam's step tensor, which a GPU would wait
     for); a run saved before that key (here: the key removed) takes it from Adam's counter once, in phase."""

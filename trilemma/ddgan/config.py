@@ -84,6 +84,10 @@ class DDGANConfig:
                                 "x̂₀(z₂)‖) in G's cost (RMS norms; a strictly proper score of G's conditional "
                                 "q(x₀ | x_t); shares --div-weight's second G pass; 0: the paper's, none)",
                            check=in_range(0.0, 1000.0))
+    d_uncond: float = opt(0.0, "share p of the pairs D sees without their x_t (zeros in its place; a fresh draw per "
+                               "pair, the same for a real and fake pair of one x_t), so that D also judges x_{t−1} "
+                               "by itself, the marginal as well as the pair (0: the paper's, D always sees x_t)",
+                          flag="d-uncond", check=in_range(0.0, 1.0, hi_open=True))
     # G's learning rate is the shared --lr (TrainConfig.lr; this family's default 1.6e-4, the paper's);
     # D's follows the same warm-up/decay schedule, scaled by lr_d / lr (see trilemma.ddgan.train).
     lr_d: float = opt(1.25e-4, "Adam learning rate of the discriminator (the generator's is --lr)",

@@ -98,9 +98,23 @@ def energy_score(a: torch.Tensor, b: torch.Tensor, x_0: torch.Tensor) -> torch.T
     return 0.5 * (rms(a - x_0) + rms(b - x_0)) - 0.5 * rms(a - b)
 
 
+def hide_x_t(x_t: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """D's view of x_t (B, C, H, W): each sample's replaced by zeros with probability ``p`` (``--d-uncond``).
+
+    A hidden pair shows D x_{t−1} alone, so the game also matches the marginal of x_{t−1}, not only
+    the pair (docs/methods.md §11.6). Nothing is drawn at p = 0 (the paper's: D always sees x_t).
+    """
+    if p <= 0:
+        return x_t
+    where = x_t.device if generator is None else generator.device
+    shown = torch.rand(x_t.shape[0], generator=generator, device=where).to(x_t.device) >= p       # (B,)
+    return x_t * shown.to(x_t.dtype)[:, None, None, None]
+
+
 def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
                         r1_gamma: float, generator: torch.Generator | None = None,
-                        loss: str = "ns", t_probs: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+                        loss: str = "ns", t_probs: Sequence[float] | None = None,
+                        d_uncond: float = 0.0) -> dict[str, torch.Tensor]:
     """One D step's per-sample terms on data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = ``d_loss`` + ``r1`` (minimise its mean over D's parameters; ``d_loss`` is
@@ -108,18 +122,20 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
     and ``d_fake`` are D's probabilities σ(l) of the real and fake pairs (detached);
     ``t`` the steps drawn. ``r1_gamma = 0`` skips the penalty (lazy regularisation:
     pass :meth:`DDGANConfig.r1_gamma_at` of the step). G runs without gradients. ``t_probs``:
-    P(t = 1..T) (None: uniform, the paper's; :meth:`DDGANConfig.t_probs`).
+    P(t = 1..T) (None: uniform, the paper's; :meth:`DDGANConfig.t_probs`). ``d_uncond``: the share
+    of pairs whose x_t D does not see (:func:`hide_x_t`; the real and the fake pair of one x_t alike).
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) in 1..T
     x_prev, x_t = q_sample_pairs(schedule, x_0, t, generator)                         # (B, C, H, W) × 2
     x_prev = x_prev.detach().requires_grad_(r1_gamma > 0)
-    real_logits = D(x_prev, x_t, t)                                                  # (B,)
+    x_t_seen = hide_x_t(x_t, d_uncond, generator)                                    # D's view of x_t
+    real_logits = D(x_prev, x_t_seen, t)                                             # (B,)
     r1 = r1_from_logits(real_logits, x_prev, r1_gamma) if r1_gamma > 0 else torch.zeros_like(real_logits)
     with torch.no_grad():
         x0_hat = G(x_t, randn((B, z_dim), x_0, generator), t)                        # (B, C, H, W)
         x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)          # (B, C, H, W), same x_t
-    fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
+    fake_logits = D(x_prev_fake, x_t_seen, t)                                        # (B,)
     loss_d = (rp_d_loss if loss == "rp" else d_loss)(real_logits, fake_logits)       # (B,)
     return {"loss": loss_d + r1, "d_loss": loss_d, "r1": r1,
             "d_real": torch.sigmoid(real_logits).detach(), "d_fake": torch.sigmoid(fake_logits).detach(), "t": t}
@@ -128,7 +144,8 @@ def discriminator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0
 def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: torch.Tensor, z_dim: int,
                     generator: torch.Generator | None = None, rec_weight: float = 0.0,
                     loss: str = "ns", div_weight: float = 0.0, div_cap: float = 0.5,
-                    es_weight: float = 0.0, t_probs: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+                    es_weight: float = 0.0, t_probs: Sequence[float] | None = None,
+                    d_uncond: float = 0.0) -> dict[str, torch.Tensor]:
     """One G step's per-sample terms on fresh fake pairs from data x_0 (B, C, H, W); each value is (B,).
 
     ``loss`` = −log D(x′_{t−1}, x_t, t) (``loss="rp"``: softplus(l_real − l_fake) against the real
@@ -140,7 +157,8 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     ``div_weight > 0``, else 0; detached); ``es`` = :func:`energy_score` of x̂₀(z₁), x̂₀(z₂) against
     the x₀ that made x_t (computed only when ``es_weight > 0``, else 0; detached; the second z is
     drawn once for both terms); ``d_fake`` = σ(l) of the pairs (detached); ``t`` the steps drawn,
-    from ``t_probs`` as in :func:`discriminator_terms`.
+    from ``t_probs`` as in :func:`discriminator_terms`; ``d_uncond`` hides x_t from D as there (the
+    mask is drawn after every other draw of the step).
     """
     B = x_0.shape[0]
     t = sample_t(B, schedule.T, x_0.device, generator, t_probs)                      # (B,) fresh steps
@@ -148,7 +166,6 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
     z = randn((B, z_dim), x_0, generator)                                            # (B, z_dim)
     x0_hat = G(x_t, z, t)                                                            # (B, C, H, W)
     x_prev_fake = posterior_sample(schedule, x0_hat, x_t, t, generator)              # (B, C, H, W)
-    fake_logits = D(x_prev_fake, x_t, t)                                             # (B,)
     div = es = torch.zeros(B, device=x_0.device)
     if div_weight > 0 or es_weight > 0:                                              # a second z at the same x_t, t
         z_2 = randn((B, z_dim), x_0, generator)                                      # (B, z_dim)
@@ -158,9 +175,11 @@ def generator_terms(G: nn.Module, D: nn.Module, schedule: NoiseSchedule, x_0: to
             div = moved / (z - z_2).abs().mean(dim=1)                                # (B,)
         if es_weight > 0:
             es = energy_score(x0_hat, x0_hat_2, x_0.detach())                        # (B,)
+    x_t_seen = hide_x_t(x_t, d_uncond, generator)                                    # D's view of x_t
+    fake_logits = D(x_prev_fake, x_t_seen, t)                                        # (B,)
     if loss == "rp":                                                                 # against the real pair of the same x_t
         with torch.no_grad():                                                        # no path to G's parameters
-            real_logits = D(x_prev, x_t, t)                                          # (B,)
+            real_logits = D(x_prev, x_t_seen, t)                                     # (B,)
         adversarial = rp_g_loss(real_logits, fake_logits)                            # (B,)
     else:
         adversarial = g_loss(fake_logits)                                            # (B,)

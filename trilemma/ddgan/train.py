@@ -124,14 +124,14 @@ def ddgan_iteration(G: torch.nn.Module, D: torch.nn.Module, opt_g: torch.optim.O
         gamma = ddgan.r1_gamma_at(d_updates_done(opt_d))
         with autocast(device, bf16):
             d_terms = discriminator_terms(G, D, schedule, x_0, z_numel, gamma, noise, ddgan.loss,
-                                          ddgan.t_probs)
+                                          ddgan.t_probs, ddgan.d_uncond)
         grad_norm_d = update(opt_d, D, d_terms["loss"].float().mean(), grad_clip)
         opt_d.param_groups[0]["d_updates"] += 1
 
     D.requires_grad_(False)                                              # G's update leaves D as it is
     with autocast(device, bf16):
         g_terms = generator_terms(G, D, schedule, x_0, z_numel, noise, ddgan.rec_weight_at(progress), ddgan.loss,
-                                  ddgan.div_weight, ddgan.div_cap, ddgan.es_weight, ddgan.t_probs)
+                                  ddgan.div_weight, ddgan.div_cap, ddgan.es_weight, ddgan.t_probs, ddgan.d_uncond)
     loss_g = g_terms["loss"].float().mean()
     grad_norm_g = update(opt_g, G, loss_g, grad_clip)
     D.requires_grad_(True)
@@ -215,6 +215,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec += f"; t drawn with weights {','.join(f'{v:g}' for v in ddgan.t_weights)}" if ddgan.t_weights else ""
     rec += f"; energy-score term ν = {ddgan.es_weight:g}" if ddgan.es_weight > 0 else ""
     rec += f"; {net.z_maps} spatial noise map(s) into G" if net.z_maps else ""
+    rec += f"; D sees no x_t in {ddgan.d_uncond:.0%} of the pairs" if ddgan.d_uncond > 0 else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
                       step=step, ema=True, preview=preview,
