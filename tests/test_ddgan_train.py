@@ -41,6 +41,16 @@ def assert_same_run(a, b):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[key], wb[key]) for key in wa)
 
 
+def resumed_like_straight(tmp_path, **kw) -> dict:
+    """4 tiny steps in one go ("straight") and 2 + 2 with a resume ("split") under options ``kw``: the two
+    runs must be bit-equal; returns the split run's config.json."""
+    tiny(tmp_path / "straight", 4, **kw)
+    tiny(tmp_path / "split", 2, **kw)
+    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
+    assert_same_run(tmp_path / "split", tmp_path / "straight")
+    return json.loads((tmp_path / "split" / "config.json").read_text())
+
+
 def optimizer_groups(run):
     meta = json.loads(tensors_metadata(run / "state" / "optim.safetensors")["meta"])
     return {name: m["param_groups"][0] for name, m in meta.items()}
@@ -245,22 +255,14 @@ def test_resume_is_exact_and_lazy_r1_stays_in_phase(tmp_path):
 
 
 def test_relativistic_pairing_run_resumes_exactly_and_is_recorded(tmp_path):
-    tiny(tmp_path / "straight", 4, loss="rp", d_steps=2)
-    tiny(tmp_path / "split", 2, loss="rp", d_steps=2)
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["loss"] == "rp"
+    assert resumed_like_straight(tmp_path, loss="rp", d_steps=2)["ddgan"]["loss"] == "rp"
     tiny(tmp_path / "ns", 4, d_steps=2)                        # the paper's costs give another run
     assert rows(tmp_path / "ns") != rows(tmp_path / "straight")
 
 
 def test_diversity_term_run_resumes_exactly_logs_its_ratio_and_is_recorded(tmp_path):
     kw = {"div_weight": 1.0, "div_cap": 0.2}
-    tiny(tmp_path / "straight", 4, **kw)
-    tiny(tmp_path / "split", 2, **kw)
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    ddgan = json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]
+    ddgan = resumed_like_straight(tmp_path, **kw)["ddgan"]
     assert (ddgan["div_weight"], ddgan["div_cap"]) == (1.0, 0.2)
     assert all(row["div"] > 0 for row in rows(tmp_path / "straight")[1:])   # once G's output has left 0
     tiny(tmp_path / "plain", 4)                                # off (the paper's): ratio not computed, logged as 0
@@ -268,32 +270,20 @@ def test_diversity_term_run_resumes_exactly_logs_its_ratio_and_is_recorded(tmp_p
 
 
 def test_energy_score_run_resumes_exactly_logs_its_score_and_is_recorded(tmp_path):
-    tiny(tmp_path / "straight", 4, es_weight=0.5)
-    tiny(tmp_path / "split", 2, es_weight=0.5)
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["es_weight"] == 0.5
+    assert resumed_like_straight(tmp_path, es_weight=0.5)["ddgan"]["es_weight"] == 0.5
     assert all(row["es"] > 0 for row in rows(tmp_path / "straight"))
     tiny(tmp_path / "plain", 2)                                # off (the paper's): not computed, logged as 0
     assert all(row["es"] == 0 for row in rows(tmp_path / "plain"))
 
 
 def test_t_weights_run_resumes_exactly_and_is_recorded(tmp_path):
-    tiny(tmp_path / "straight", 4, t_weights=(3.0, 2.0, 2.0, 1.0))
-    tiny(tmp_path / "split", 2, t_weights=(3.0, 2.0, 2.0, 1.0))
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["t_weights"] == [3.0, 2.0, 2.0, 1.0]
+    assert resumed_like_straight(tmp_path, t_weights=(3.0, 2.0, 2.0, 1.0))["ddgan"]["t_weights"] == [3.0, 2.0, 2.0, 1.0]
     tiny(tmp_path / "uniform", 4)                              # the paper's uniform draw gives another run
     assert rows(tmp_path / "uniform") != rows(tmp_path / "straight")
 
 
 def test_spatial_noise_maps_run_resumes_exactly_is_recorded_and_samples(tmp_path):
-    tiny(tmp_path / "straight", 4, z_maps=1)
-    tiny(tmp_path / "split", 2, z_maps=1)
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["model"]["z_maps"] == 1
+    assert resumed_like_straight(tmp_path, z_maps=1)["model"]["z_maps"] == 1
     r = load_run(tmp_path / "split", device="cpu")
     assert r.G.z_numel == r.ddgan.z_dim + r.net_config.image_size ** 2
     a, b = (r.generate(4, seed=s) for s in (0, 0))
@@ -303,11 +293,7 @@ def test_spatial_noise_maps_run_resumes_exactly_is_recorded_and_samples(tmp_path
 
 
 def test_d_uncond_run_resumes_exactly_and_is_recorded(tmp_path):
-    tiny(tmp_path / "straight", 4, d_uncond=0.5)
-    tiny(tmp_path / "split", 2, d_uncond=0.5)
-    train_ddgan(tmp_path / "split", steps=4, resume=True, progress=False)
-    assert_same_run(tmp_path / "split", tmp_path / "straight")
-    assert json.loads((tmp_path / "split" / "config.json").read_text())["ddgan"]["d_uncond"] == 0.5
+    assert resumed_like_straight(tmp_path, d_uncond=0.5)["ddgan"]["d_uncond"] == 0.5
     tiny(tmp_path / "plain", 4)                                                       # off: another run
     assert rows(tmp_path / "plain") != rows(tmp_path / "straight")
 
