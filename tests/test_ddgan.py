@@ -550,9 +550,30 @@ def test_spatial_noise_maps_are_the_tail_of_z_and_change_x0_hat_place_by_place()
         torch.testing.assert_close(G(x[1:2], z[1:2], t[1:2]), out[1:2], rtol=1e-5, atol=1e-6)
 
 
+def test_the_map_of_w_is_one_added_term_at_the_lowest_resolution():
+    torch.manual_seed(0)
+    c = preset("tiny", 7, 4, z_spatial=True)
+    G = perturb(make_generator(c, z_dim=10))
+    width = c.base_channels * c.channel_mults[-1]
+    assert c.resolutions[-1] == 4 and G.z_spatial.out_features == width * 4 * 4     # 7 → 4, as for latents
+    plain = make_generator(preset("tiny", 7, 4), z_dim=10)
+    assert plain.z_spatial is None
+    missing, unexpected = plain.load_state_dict(G.state_dict(), strict=False)
+    assert not missing and set(unexpected) == {"z_spatial.weight", "z_spatial.bias"}
+    x, z, t = torch.randn(4, 4, 7, 7), torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
+    with torch.no_grad():
+        out = G(x, z, t)
+        assert (out - plain(x, z, t)).abs().max() > 1e-3                              # the map matters …
+        G.z_spatial.weight.zero_()
+        G.z_spatial.bias.zero_()
+        torch.testing.assert_close(G(x, z, t), plain(x, z, t))                       # … and is all that differs
+
+
 def test_spatial_noise_maps_are_for_the_unet_generator_only():
     with pytest.raises(TrilemmaError, match="--z-maps.*--arch unet"):
         DDGANNetConfig(image_size=8, arch="dcgan", z_maps=1)
+    with pytest.raises(TrilemmaError, match="--z-spatial.*--arch unet"):
+        DDGANNetConfig(image_size=8, arch="dcgan", z_spatial=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -282,6 +282,14 @@ def test_t_weights_run_resumes_exactly_and_is_recorded(tmp_path):
     assert rows(tmp_path / "uniform") != rows(tmp_path / "straight")
 
 
+def test_map_of_w_run_resumes_exactly_is_recorded_and_samples(tmp_path):
+    assert resumed_like_straight(tmp_path, z_spatial=True)["model"]["z_spatial"] is True
+    r = load_run(tmp_path / "split", device="cpu")
+    assert r.G.z_spatial is not None
+    a, b = (r.generate(4, seed=s) for s in (0, 0))
+    assert torch.equal(a, b) and a.shape[0] == 4
+
+
 def test_spatial_noise_maps_run_resumes_exactly_is_recorded_and_samples(tmp_path):
     assert resumed_like_straight(tmp_path, z_maps=1)["model"]["z_maps"] == 1
     r = load_run(tmp_path / "split", device="cpu")

@@ -163,6 +163,9 @@ class DDGANNetConfig:
     z_maps: int = opt(0, "generator: channels of spatial noise N(0, I) at the input's resolution, concatenated to "
                          "x_t at G's input beside the global z (0, the default: off; unet only)", flag="z-maps",
                       check=int_in(0, 64))
+    z_spatial: bool = opt(False, "generator: also add a learned map of the mapped noise w (a linear layer, reshaped "
+                                 "to C × s × s) to the features at the U-Net's lowest resolution s, before its middle "
+                                 "(DCGAN's way in for z; off by default; unet only)")
     arch: str = opt("unet", "networks: unet (the paper's U-Net G with AdaGN and ResNet D) or dcgan (G and D at "
                             "DCGAN size for s·2^n pixels: base-channels is G's first width, d-channels D's)",
                     choices=("unet", "dcgan"))
@@ -190,6 +193,9 @@ class DDGANNetConfig:
             raise TrilemmaError(f"DDGAN option dropout: must be in [0, 1), got {self.dropout}")
         if self.arch == "dcgan" and self.z_maps:
             raise TrilemmaError("--z-maps: spatial noise maps are an input of the U-Net generator only (--arch unet)")
+        if self.arch == "dcgan" and self.z_spatial:
+            raise TrilemmaError("--z-spatial: the map of w is a layer of the U-Net generator only (--arch unet; "
+                                "the dcgan generator already starts from z)")
         if self.arch == "dcgan":
             try:
                 dcgan_geometry(self.image_size)

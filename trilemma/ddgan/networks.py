@@ -13,7 +13,9 @@ Output: tanh, so x̂₀ ∈ (−1, 1) like the data (the paper's default; ``tanh
 gives the raw conv output). With ``z_maps = k`` > 0, z also carries k maps of spatial noise
 N(0, I) at the input's resolution (its last k·H·W entries, :attr:`GeneratorOutput.z_numel`), which
 are concatenated to x_t at G's input: a source of variation that differs from place to place, which
-the global w (one scale and shift per channel) cannot give directly.
+the global w (one scale and shift per channel) cannot give directly. With ``z_spatial``, a linear
+layer maps w to a (C, s, s) map that is added to the features at the lowest resolution s, before the
+middle blocks: z then also enters as a DCGAN generator's does, as a learned spatial pattern.
 
 Discriminator: the pair is concatenated along channels, (B, 2C, H, W), a 1×1
 conv lifts it to 2·ndf channels, then ResNet down-blocks (LeakyReLU(0.2) → conv
@@ -189,6 +191,8 @@ class DDGANGenerator(GeneratorOutput):
             if level < len(c.channel_mults) - 1:
                 self.downsample.append(Downsample(width))
                 skip_channels.append(width)
+        s = c.resolutions[-1]                                                        # the lowest resolution
+        self.z_spatial = nn.Linear(c.z_emb_dim, width * s * s) if c.z_spatial else None
         self.mid1 = block(width, width)
         self.mid_attn = SelfAttention(width, num_heads=1) if c.attention else nn.Identity()
         self.mid2 = block(width, width)
@@ -230,6 +234,8 @@ class DDGANGenerator(GeneratorOutput):
             if level < len(self.downsample):
                 h = self.downsample[level](h)                                        # (B, C, ⌈H/2⌉, ⌈W/2⌉)
                 skips.append(h)
+        if self.z_spatial is not None:                                               # + a learned map of w
+            h = h + self.z_spatial(w).reshape(h.shape)                               # (B, C, s, s), h's layout
         h = self.mid2(self.mid_attn(self.mid1(h, temb, cond)), temb, cond)
         for level, blocks in enumerate(self.up):
             for res_block in blocks:

@@ -60,7 +60,7 @@ from trilemma.utils.device import autocast
 from trilemma.viz import save_grid
 
 PREVIEW_N = 64
-NET_OVERRIDES = ("base_channels", "d_channels", "mbstd_group", "z_maps", "arch")
+NET_OVERRIDES = ("base_channels", "d_channels", "mbstd_group", "z_maps", "z_spatial", "arch")
 
 
 def new_config(values: dict[str, Any]) -> tuple[dict[str, Any], ImageDataset]:
@@ -215,6 +215,7 @@ def build_trainer(out: Path, config: dict[str, Any], dataset: ImageDataset | Non
     rec += f"; t drawn with weights {','.join(f'{v:g}' for v in ddgan.t_weights)}" if ddgan.t_weights else ""
     rec += f"; energy-score term ν = {ddgan.es_weight:g}" if ddgan.es_weight > 0 else ""
     rec += f"; {net.z_maps} spatial noise map(s) into G" if net.z_maps else ""
+    rec += "; a learned map of w added at G's lowest resolution" if net.z_spatial else ""
     rec += f"; D sees no x_t in {ddgan.d_uncond:.0%} of the pairs" if ddgan.d_uncond > 0 else ""
     rec += f"; G alone regresses x̂₀ for the first {ddgan.pretrain:.0%} of the budget" if ddgan.pretrain > 0 else ""
     trainer = Trainer(nets={"model": G, "disc": D}, optimizers={"opt_g": opt_g, "opt_d": opt_d}, batch=batch,
